@@ -1,0 +1,277 @@
+"""`python -m study`: run studies on Ray, browse them in MLflow, query them with pandas.
+
+    python -m study run search_spaces/smoke.yaml        # ~1 min on 2 cores; rerun = resume
+    python -m study ui                                  # browse local studies in MLflow
+    python -m study list
+    python -m study status smoke
+    python -m study best smoke --metric finetune/acc_untrained --by pretrain.dataset
+    python -m study export-optuna smoke --storage-url sqlite:///optuna.db
+
+With no --tracking-uri (nor MLFLOW_TRACKING_URI), commands use a local MLflow server on
+127.0.0.1 whose runs and artifacts live in the state directory ($TRANSINV_HOME, default
+./.transinv); `run` starts it for the study's duration. With no --address (nor RAY_ADDRESS),
+`run` starts a local Ray sized to this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from transinv.config import KEY_TYPES, ConfigError
+from transinv.tracking import (
+    TAG_ROLE,
+    LocalServer,
+    Tracker,
+    TrackingError,
+    check_reachable,
+    start_local_server,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("TRANSINV_HOME", ".transinv")).resolve()
+
+
+def _server_file() -> Path:
+    return state_dir() / "mlflow" / "server.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def tracking(uri: str | None, port: int | None = None) -> Iterator[str]:
+    """The tracking URI to use: the given one (checked within 10 s), else a local server that
+    is already up for this state directory, else a new one for the block's duration."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        check_reachable(uri, timeout_s=10.0)
+        yield uri
+        return
+    info = _server_file()
+    if info.exists():
+        saved = json.loads(info.read_text())
+        if _alive(saved["pid"]):
+            try:
+                check_reachable(saved["uri"], timeout_s=5.0)
+                yield saved["uri"]
+                return
+            except TrackingError:
+                pass
+    server: LocalServer = start_local_server(state_dir() / "mlflow", port=port)
+    info.write_text(json.dumps({"uri": server.uri, "pid": server.process.pid}))
+    try:
+        yield server.uri
+    finally:
+        server.stop()
+        info.unlink(missing_ok=True)
+
+
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"Ray at {address} does not answer ({exc}); start it with `ray start --head`, "
+            "or omit --address to run on local Ray"
+        ) from exc
+
+
+def connect_ray(address: str | None) -> None:
+    """Local Ray sized to this machine, or the cluster at `address`."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        _probe(address)
+        ray.init(address=address, log_to_driver=True)
+        return
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        # Trials pass nothing large through the object store; Ray's default of 30% of RAM
+        # would starve the trials themselves on a small machine.
+        object_store_memory=512 * 2**20,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from study.space import load_space
+
+    spec = load_space(args.space)
+    if args.dry_run:
+        return _dry_run(spec)
+    storage = args.storage or str(state_dir() / "ray_results")
+    local_storage = "://" not in storage
+    if args.address and local_storage and not Path(storage).is_absolute():
+        raise ConfigError(f"--storage {storage} must be an absolute shared path on a cluster")
+    with tracking(args.tracking_uri) as uri:
+        print(f"MLflow: {uri}/#/experiments (study {spec.name!r})", flush=True)
+        connect_ray(args.address)
+        from study.tuner import run_study
+
+        outcome = run_study(spec, uri, storage, local_storage)
+    print(
+        f"study {spec.name}: {outcome.finished} of {outcome.expected} trials finished, "
+        f"{outcome.errored} errored; results in {outcome.path}"
+    )
+    if not outcome.complete:
+        print(
+            f"interrupted: run `python -m study run {args.space}` again to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    print(f"browse: python -m study ui   then open the study {spec.name!r}")
+    print(f"best:   python -m study best {spec.name} --metric {spec.objective}")
+    return EXIT_FAILED if outcome.errored else EXIT_OK
+
+
+def _dry_run(spec) -> int:
+    """Print the trials a study would launch, without Ray or a server."""
+    from study.space import trial_config
+    from study.tuner import expected_trials
+
+    print(f"study {spec.name}: {expected_trials(spec)} trials, sampler {spec.sampler}")
+    print(f"objective: {spec.mode} {spec.objective}; resources cpu={spec.cpu} gpu={spec.gpu}")
+    if spec.sampler == "grid":
+        import itertools
+
+        keys = list(spec.space)
+        combos = list(itertools.product(*(spec.space[k].values for k in keys)))
+        for i, combo in enumerate(combos * spec.samples):
+            config = dict(zip(keys, combo, strict=True))
+            trial_config(spec, config)  # validates every combination
+            print(f"  {i:4d} " + " ".join(f"{k}={v}" for k, v in config.items()))
+    else:
+        print("  space: " + ", ".join(spec.space))
+    return EXIT_OK
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    with tracking(args.tracking_uri, port=args.port) as uri:
+        print(f"MLflow UI: {uri}   (Ctrl-C to stop)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with tracking(args.tracking_uri) as uri:
+        tracker = Tracker(uri)
+        for exp in tracker.client.search_experiments():
+            parents = tracker.find_runs(exp.experiment_id, f"tags.`{TAG_ROLE}` = 'study'")
+            if parents:
+                run = parents[0]
+                trials = tracker.find_runs(exp.experiment_id, f"tags.`{TAG_ROLE}` = 'trial'")
+                print(f"{exp.name:24s} {run.info.status:9s} {len(trials):4d} trials")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from transinv.results import load_runs
+
+    with tracking(args.tracking_uri) as uri:
+        runs = load_runs(args.study, uri)
+    counts = runs["status"].value_counts().to_dict() if len(runs) else {}
+    print(f"study {args.study}: {len(runs)} trial runs " + json.dumps(counts))
+    columns = [c for c in ("trial_id", "status", "finetune/acc_trained",
+                           "finetune/acc_untrained") if c in runs]  # fmt: skip
+    if len(runs):
+        print(runs[columns].to_string(index=False))
+    return EXIT_OK
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from transinv.results import best_regimes, load_runs
+
+    where = []
+    for text in args.where or []:
+        parts = text.split()
+        if len(parts) != 3:
+            raise ConfigError(f"--where {text!r} must be 'METRIC OP VALUE'")
+        where.append((parts[0], parts[1], float(parts[2])))
+    with tracking(args.tracking_uri) as uri:
+        runs = load_runs(args.study, uri)
+    # By default a condition is every config key that varies across trials, seeds aside.
+    varying = [
+        c
+        for c in runs.columns
+        if c in KEY_TYPES and c != "seed" and runs[c].astype(str).nunique() > 1
+    ]
+    by = args.by or varying or ["trial_id"]
+    table = best_regimes(runs, args.metric, by=by, mode=args.mode, where=where)
+    print(table.head(args.top).to_string(index=False))
+    return EXIT_OK
+
+
+def cmd_export_optuna(args: argparse.Namespace) -> int:
+    from study.export import export_optuna
+
+    storage = args.storage or str(state_dir() / "ray_results")
+    count = export_optuna(Path(storage) / args.study, args.study, args.storage_url)
+    print(f"exported {count} trials of {args.study} to {args.storage_url}")
+    print(f"view: optuna-dashboard {args.storage_url}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m study", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.set_defaults(fn=fn)
+        p.add_argument("--tracking-uri", help="MLflow server (default: a local one)")
+        return p
+
+    p = add("run", cmd_run, "run or resume a study from a search space file")
+    p.add_argument("space", help="search space YAML, e.g. search_spaces/smoke.yaml")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)")
+    p.add_argument("--storage", help="Tune storage: a shared path or URI (default: state dir)")
+    p.add_argument("--dry-run", action="store_true", help="print the trials, run nothing")
+    p = add("ui", cmd_ui, "serve the local MLflow UI")
+    p.add_argument("--port", type=int, default=5000)
+    add("list", cmd_list, "list studies")
+    p = add("status", cmd_status, "trials of a study and their status")
+    p.add_argument("study")
+    p = add("best", cmd_best, "conditions ranked by a metric, with spread over seeds")
+    p.add_argument("study")
+    p.add_argument("--metric", required=True)
+    p.add_argument("--by", nargs="+", help="config keys that define a condition")
+    p.add_argument("--mode", choices=("max", "min"), default="max")
+    p.add_argument("--where", action="append", help="constraint 'METRIC OP VALUE'")
+    p.add_argument("--top", type=int, default=10)
+    p = add("export-optuna", cmd_export_optuna, "copy a study's Optuna trials to a storage")
+    p.add_argument("study")
+    p.add_argument("--storage", help="Tune storage the study ran in (default: state dir)")
+    p.add_argument("--storage-url", default="sqlite:///optuna.db")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, TrackingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED

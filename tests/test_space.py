@@ -1,0 +1,435 @@
+"""Study files: the smoke study loads, every bad file is refused with a message that names the file,
+the YAML path and the choices, and the spec drives real Optuna studies and Ray grids."""
+
+import copy
+import math
+import pickle
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from study.space import (
+    Constraint,
+    DefineByRun,
+    active_params,
+    build_sampler,
+    constraints_from_user_attrs,
+    define_by_run,
+    grid_param_space,
+    load_space,
+    trial_config,
+)
+from transinv.config import ConfigError, TrialConfig
+
+SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
+
+BASE = {
+    "study": "t",
+    "objective": {"metric": "finetune/acc_untrained", "mode": "max"},
+    "constraints": ["finetune/acc_trained >= 0.5"],
+    "search": {"sampler": "tpe", "seed": 0},
+    "samples": 4,
+    "fixed": {"model.arch": "tiny_cnn", "canvas.size": 32, "canvas.item_size": 8},
+    "space": {
+        "pretrain.dataset": {"choice": ["none", "glyphs"]},
+        "pretrain.translation": {"uniform": [0.0, 1.0], "when": {"pretrain.dataset": "glyphs"}},
+        "optim.lr": {"loguniform": [1.0e-4, 1.0e-2]},
+        "finetune.steps": {"int": [50, 200], "step": 50},
+        "finetune.freeze": {"choice": ["none", "all_but_head"]},
+    },
+}
+
+
+def write(tmp_path: Path, study: dict | str, name: str = "study.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(study if isinstance(study, str) else yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def changed(**edits) -> dict:
+    """BASE with edits: `a__b=v` sets study[a][b] = v; a value of DROP deletes the entry."""
+    study = copy.deepcopy(BASE)
+    for dotted, value in edits.items():
+        *parents, last = dotted.split("__")
+        node = study
+        for p in parents:
+            node = node.setdefault(p.replace("_DOT_", "."), {})
+        last = last.replace("_DOT_", ".")
+        if value is DROP:
+            del node[last]
+        else:
+            node[last] = value
+    return study
+
+
+DROP = object()
+
+
+def test_smoke_study_loads_as_documented():
+    spec = load_space(SMOKE)
+    assert spec.name == "smoke"
+    assert (spec.objective, spec.mode) == ("finetune/acc_untrained", "max")
+    assert [str(c) for c in spec.constraints] == ["finetune/acc_trained >= 0.5"]
+    assert (spec.sampler, spec.seed, spec.samples, spec.max_concurrent) == ("tpe", 0, 4, 2)
+    assert (spec.cpu, spec.gpu, spec.scheduler) == (1.0, 0.0, "fifo")
+    assert spec.fixed["model.arch"] == "tiny_cnn"
+    assert spec.fixed["pretrain.regime"] == "translation"
+    assert list(spec.space) == ["pretrain.dataset", "pretrain.translation", "finetune.freeze"]
+    assert spec.space["pretrain.translation"].when == {"pretrain.dataset": ("glyphs",)}
+    assert len(spec.digest) == 64
+    assert SMOKE.read_text().startswith("#")
+    assert "python -m study run search_spaces/smoke.yaml" in SMOKE.read_text()
+
+
+def test_digest_ignores_comments_and_layout_but_not_values(tmp_path):
+    text = SMOKE.read_text()
+    same = "# another comment\n" + text.replace("samples: 4", "samples:    4   # four")
+    other = text.replace("samples: 4", "samples: 5")
+    digest = load_space(SMOKE).digest
+    assert load_space(write(tmp_path, same, "a.yaml")).digest == digest
+    assert load_space(write(tmp_path, other, "b.yaml")).digest != digest
+
+
+def test_fixed_values_are_typed(tmp_path):
+    spec = load_space(write(tmp_path, changed(fixed__finetune_DOT_location="0.5,0.25")))
+    assert spec.fixed["finetune.location"] == (0.5, 0.25)
+    assert spec.fixed["canvas.size"] == 32
+
+
+CASES = {
+    "not_yaml": ("study: [unclosed\n", ["line"]),
+    "not_mapping": ("- a\n- b\n", ["study, objective"]),
+    "unknown_top_key": (changed(sampler="tpe"), ["sampler", "study, objective"]),
+    "missing_study": (changed(study=DROP), ["study", "objective"]),
+    "missing_objective": (changed(objective=DROP), ["objective", "study"]),
+    "bad_name": (changed(study="My Study"), ["study", "lower case"]),
+    "bad_mode": (changed(objective__mode="maximize"), ["objective.mode", "max, min"]),
+    "bad_metric": (changed(objective__metric="accuracy"), ["objective.metric", "group/quantity"]),
+    "bad_constraint": (changed(constraints=["finetune/acc = 1"]), ["constraints[0]", ">=, <="]),
+    "bad_sampler": (changed(search__sampler="cmaes"), ["search.sampler", "tpe, gp, random, grid"]),
+    "bad_scheduler": (changed(scheduler="pbt"), ["scheduler", "fifo, asha"]),
+    "asha_without_asha": (changed(asha={"grace_period": 10}), ["asha", "scheduler: asha"]),
+    "zero_samples": (changed(samples=0), ["samples", ">= 1"]),
+    "zero_concurrent": (changed(max_concurrent=0), ["max_concurrent", ">= 1"]),
+    "unknown_fixed_key": (changed(fixed__model_DOT_archh="x"), ["fixed.model.archh", "model.arch"]),
+    "unknown_space_key": (
+        changed(space__optim_DOT_lrr={"uniform": [0.1, 0.2]}),
+        ["space.optim.lrr", "optim.lr"],
+    ),
+    "fixed_and_space": (
+        changed(fixed__finetune_DOT_freeze="none"),
+        ["space.finetune.freeze", "both fixed and in space"],
+    ),
+    "fixed_wrong_type": (changed(fixed__canvas_DOT_size="big"), ["fixed.canvas.size", "integer"]),
+    "space_wrong_type": (
+        changed(space__finetune_DOT_steps={"choice": [100, "many"]}),
+        ["space.finetune.steps", "integer"],
+    ),
+    "unknown_arch_in_space": (
+        changed(
+            space__model_DOT_arch={"choice": ["tiny_cnn", "vgg17"]}, fixed__model_DOT_arch=DROP
+        ),
+        ["unknown architecture 'vgg17'", "space.model.arch", "tiny_cnn"],
+    ),
+    "unknown_arch_fixed": (
+        changed(fixed__model_DOT_arch="vgg17"),
+        ["unknown architecture 'vgg17'", "fixed.model.arch", "tiny_cnn"],
+    ),
+    "unknown_dataset": (
+        changed(space__pretrain_DOT_dataset={"choice": ["none", "glyfs"]}),
+        ["'glyfs'", "space.pretrain.dataset", "glyphs"],
+    ),
+    "unknown_regime": (
+        changed(fixed__pretrain_DOT_regime="everywhere"),
+        ["'everywhere'", "fixed.pretrain.regime", "translation"],
+    ),
+    "unknown_freeze": (
+        changed(space__finetune_DOT_freeze={"choice": ["none", "partial"]}),
+        ["'partial'", "space.finetune.freeze", "all_but_head"],
+    ),
+    "unknown_device": (changed(fixed__run_DOT_device="tpu"), ["fixed.run.device", "auto, cpu"]),
+    "empty_uniform": (
+        changed(space__pretrain_DOT_translation={"uniform": [1.0, 0.0]}),
+        ["space.pretrain.translation", "empty range"],
+    ),
+    "empty_choice": (
+        changed(space__finetune_DOT_freeze={"choice": []}),
+        ["space.finetune.freeze", "empty range"],
+    ),
+    "loguniform_at_zero": (
+        changed(space__optim_DOT_lr={"loguniform": [0.0, 0.1]}),
+        ["space.optim.lr", "empty range"],
+    ),
+    "int_step_zero": (
+        changed(space__finetune_DOT_steps={"int": [50, 200], "step": 0}),
+        ["space.finetune.steps", "empty range"],
+    ),
+    "int_single_value": (
+        changed(space__finetune_DOT_steps={"int": [50, 50]}),
+        ["space.finetune.steps", "empty range"],
+    ),
+    "uniform_on_int_key": (
+        changed(space__finetune_DOT_steps={"uniform": [50, 200]}),
+        ["space.finetune.steps", "use int"],
+    ),
+    "unknown_kind": (
+        changed(space__optim_DOT_lr={"normal": [0.0, 1.0]}),
+        ["space.optim.lr", "choice, uniform, loguniform, int, grid"],
+    ),
+    "when_unknown_key": (
+        changed(space__optim_DOT_lr={"uniform": [0.1, 0.2], "when": {"seed": 0}}),
+        ["space.optim.lr.when.seed", "pretrain.dataset"],
+    ),
+    "when_later_key": (
+        changed(space__pretrain_DOT_translation={"uniform": [0, 1], "when": {"optim.lr": 0.1}}),
+        ["space.pretrain.translation.when.optim.lr", "comes later"],
+    ),
+    "when_never_matches": (
+        changed(
+            space__pretrain_DOT_translation={"uniform": [0, 1], "when": {"pretrain.dataset": "x"}}
+        ),
+        ["space.pretrain.translation.when.pretrain.dataset", "none, glyphs"],
+    ),
+    "grid_with_tpe": (
+        changed(space__seed={"grid": [0, 1, 2]}),
+        ["space.seed", "grid domains need search.sampler: grid"],
+    ),
+    "uniform_with_grid": (
+        changed(search__sampler="grid"),
+        ["space.pretrain.translation", "grid or choice"],
+    ),
+    "out_of_range_end": (
+        changed(space__pretrain_DOT_translation={"uniform": [0.0, 2.0]}),
+        ["space.pretrain.translation", "must be in [0, 1]"],
+    ),
+    "cross_key_first_values": (
+        changed(
+            fixed__finetune_DOT_dataset="glyphs",
+            space__pretrain_DOT_dataset={"choice": ["glyphs", "none"]},
+        ),
+        ["fixed", "finetune.dataset", "must differ from pretrain.dataset"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_study_file_names_file_path_and_choices(tmp_path, name):
+    study, expected = CASES[name]
+    path = write(tmp_path, study, f"bad_{name}.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_space(path)
+    message = str(info.value)
+    assert path.name in message
+    for part in expected:
+        assert part in message, f"{part!r} not in {message!r}"
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        load_space(tmp_path / "nowhere.yaml")
+
+
+def test_define_by_run_pickles_and_suggests_only_active_keys_inside_domains(tmp_path):
+    spec = load_space(write(tmp_path, BASE))
+    func = pickle.loads(pickle.dumps(define_by_run(spec)))
+    assert isinstance(func, DefineByRun)
+    study = optuna.create_study(sampler=build_sampler(spec), direction="maximize")
+    seen = set()
+    for i in range(20):
+        trial = study.ask()
+        assert func(trial) is None
+        params = trial.params
+        seen.add(params["pretrain.dataset"])
+        assert ("pretrain.translation" in params) == (params["pretrain.dataset"] == "glyphs")
+        assert 0.0 <= params.get("pretrain.translation", 0.0) <= 1.0
+        assert 1e-4 <= params["optim.lr"] <= 1e-2
+        assert params["finetune.steps"] in (50, 100, 150, 200)
+        assert params["finetune.freeze"] in ("none", "all_but_head")
+        assert active_params(spec, params) == params
+        trial_config(spec, params)
+        trial.set_user_attr("constraints", [0.0 if i % 2 else 1.0])
+        study.tell(trial, params["optim.lr"] * 100)
+    assert seen == {"none", "glyphs"}
+
+
+def test_ray_optuna_search_keeps_dotted_keys_flat(tmp_path):
+    from ray.tune.search.optuna import OptunaSearch
+
+    spec = load_space(SMOKE)
+    searcher = OptunaSearch(
+        space=define_by_run(spec),
+        sampler=build_sampler(spec),
+        metric=spec.objective,
+        mode=spec.mode,
+    )
+    config = searcher.suggest("trial_1")
+    assert set(config) <= set(spec.space)
+    assert "pretrain.dataset" in config
+    assert trial_config(spec, config).model.arch == "tiny_cnn"
+
+
+def test_trial_config_merges_fixed_and_drops_inactive_keys():
+    spec = load_space(SMOKE)
+    default = TrialConfig().pretrain.translation
+    off = {"pretrain.dataset": "none", "pretrain.translation": 0.3, "finetune.freeze": "none"}
+    on = {**off, "pretrain.dataset": "glyphs"}
+    assert active_params(spec, off) == {"pretrain.dataset": "none", "finetune.freeze": "none"}
+    config = trial_config(spec, off)
+    assert (config.pretrain.dataset, config.pretrain.translation) == ("none", default)
+    assert config.model.arch == "tiny_cnn" and config.canvas.size == 32
+    assert trial_config(spec, on).pretrain.translation == 0.3
+
+
+def test_trial_config_refuses_keys_outside_the_space_and_unsampled_active_keys():
+    spec = load_space(SMOKE)
+    with pytest.raises(ConfigError, match="optim.lr"):
+        trial_config(spec, {"pretrain.dataset": "none", "finetune.freeze": "none", "optim.lr": 1})
+    with pytest.raises(ConfigError, match="finetune.freeze"):
+        trial_config(spec, {"pretrain.dataset": "none"})
+
+
+def test_when_not_and_chained_conditions(tmp_path):
+    study = copy.deepcopy(BASE)
+    study["space"] = {
+        "pretrain.dataset": {"choice": ["none", "glyphs"]},
+        "pretrain.regime": {
+            "choice": ["whole", "translation"],
+            "when_not": {"pretrain.dataset": "none"},
+        },
+        "pretrain.translation": {"uniform": [0.0, 1.0], "when": {"pretrain.regime": "translation"}},
+        **{
+            k: v
+            for k, v in BASE["space"].items()
+            if k not in ("pretrain.dataset", "pretrain.translation")
+        },
+    }
+    spec = load_space(write(tmp_path, study))
+    d = spec.space["pretrain.translation"]
+    assert d.active({"pretrain.regime": "translation"})
+    assert not d.active({"pretrain.regime": "whole"})
+    sampled = {
+        "pretrain.dataset": "none",
+        "pretrain.regime": "translation",
+        "pretrain.translation": 0.5,
+        "optim.lr": 1e-3,
+        "finetune.steps": 50,
+        "finetune.freeze": "none",
+    }
+    # regime is inactive for dataset none, so translation (conditioned on it) is inactive too.
+    assert set(active_params(spec, sampled)) == {
+        "pretrain.dataset",
+        "optim.lr",
+        "finetune.steps",
+        "finetune.freeze",
+    }
+    sampled["pretrain.dataset"] = "glyphs"
+    assert "pretrain.translation" in active_params(spec, sampled)
+
+
+def test_grid_param_space_covers_every_key_and_trial_config_drops_inactive(tmp_path):
+    study = changed(search__sampler="grid", samples=2)
+    study["space"] = {
+        "pretrain.dataset": {"choice": ["none", "glyphs"]},
+        "pretrain.translation": {"grid": [0.0, 1.0], "when": {"pretrain.dataset": "glyphs"}},
+        "finetune.location": {"grid": [[0.25, 0.5], "0.75,0.5"]},
+        "seed": {"grid": [0, 1, 2]},
+    }
+    spec = load_space(write(tmp_path, study))
+    assert spec.samples == 2
+    grid = grid_param_space(spec)
+    assert list(grid) == list(spec.space)
+    assert grid["seed"] == {"grid_search": [0, 1, 2]}
+    assert grid["pretrain.translation"] == {"grid_search": [0.0, 1.0]}
+    assert grid["finetune.location"] == {"grid_search": ["0.25,0.5", "0.75,0.5"]}
+    config = trial_config(
+        spec,
+        {
+            "pretrain.dataset": "none",
+            "pretrain.translation": 0.0,
+            "finetune.location": "0.75,0.5",
+            "seed": 2,
+        },
+    )
+    assert config.pretrain.translation == TrialConfig().pretrain.translation
+    assert (config.finetune.location, config.seed) == ((0.75, 0.5), 2)
+    with pytest.raises(ConfigError, match="grid"):
+        build_sampler(spec)
+    with pytest.raises(ConfigError, match="grid"):
+        define_by_run(spec)
+
+
+def test_constraints_known_answers():
+    at_least = Constraint("finetune/acc_trained", ">=", 0.5)
+    assert at_least.holds({"finetune/acc_trained": 0.7})
+    assert at_least.violation({"finetune/acc_trained": 0.7}) == 0.0
+    assert not at_least.holds({"finetune/acc_trained": 0.4})
+    assert at_least.violation({"finetune/acc_trained": 0.4}) == pytest.approx(0.1)
+    assert at_least.holds({"finetune/acc_trained": 0.5})
+    for missing in ({}, {"finetune/acc_trained": math.nan}):
+        assert not at_least.holds(missing)
+        assert at_least.violation(missing) == math.inf
+    below = Constraint("finetune/loss", "<", 1.0)
+    assert below.violation({"finetune/loss": 1.5}) == pytest.approx(0.5)
+    assert not below.holds({"finetune/loss": 1.0})
+    assert below.violation({"finetune/loss": 1.0}) > 0  # Optuna counts 0 as feasible
+
+
+def test_constraints_parse_with_or_without_spaces(tmp_path):
+    study = changed(constraints=["finetune/acc_trained>=0.9", "invariance/cosine/conv3 < 1e-1"])
+    spec = load_space(write(tmp_path, study))
+    assert spec.constraints == (
+        Constraint("finetune/acc_trained", ">=", 0.9),
+        Constraint("invariance/cosine/conv3", "<", 0.1),
+    )
+
+
+@pytest.mark.parametrize(
+    ("sampler", "cls"),
+    [
+        ("tpe", optuna.samplers.TPESampler),
+        ("gp", optuna.samplers.GPSampler),
+        ("random", optuna.samplers.RandomSampler),
+    ],
+)
+def test_build_sampler_is_the_named_class_seeded_and_quiet(tmp_path, sampler, cls):
+    spec = load_space(write(tmp_path, changed(search__sampler=sampler, search__seed=7)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sampler_obj = build_sampler(spec)
+    assert type(sampler_obj) is cls
+
+    def first_params():
+        study = optuna.create_study(sampler=build_sampler(spec), direction="maximize")
+        trial = study.ask()
+        define_by_run(spec)(trial)
+        return trial.params
+
+    assert first_params() == first_params()
+
+
+def test_constrained_tpe_best_trial_is_the_best_feasible_one(tmp_path):
+    spec = load_space(write(tmp_path, BASE))
+    study = optuna.create_study(sampler=build_sampler(spec), direction="maximize")
+    for value, violation in ((0.9, 0.3), (0.5, 0.0), (0.3, 0.0)):
+        trial = study.ask()
+        define_by_run(spec)(trial)
+        trial.set_user_attr("constraints", [violation])
+        study.tell(trial, value)
+    assert study.best_trial.value == 0.5
+    assert constraints_from_user_attrs(study.trials[0]) == [0.3]
+
+
+def test_asha_settings_and_resources_are_read(tmp_path):
+    study = changed(
+        scheduler="asha",
+        asha={"grace_period": 25},
+        resources={"cpu": 0.5, "gpu": 0.25},
+        space__eval_DOT_items={"int": [8, 64], "log": True},
+    )
+    spec = load_space(write(tmp_path, study))
+    assert spec.asha == {"grace_period": 25, "reduction_factor": 2.0}
+    assert (spec.cpu, spec.gpu) == (0.5, 0.25)
+    assert spec.space["eval.items"].log

@@ -1,0 +1,146 @@
+"""The shared trainer on tiny real trials: it learns, resumes exactly, and fails loudly."""
+
+import math
+
+import pytest
+import torch
+
+from transinv import metrics
+from transinv.config import from_flat
+from transinv.trainer import NonFiniteLossError, eval_steps, run_trial
+
+TINY = {
+    "model.arch": "tiny_cnn",
+    "canvas.size": 32,
+    "canvas.item_size": 8,
+    "pretrain.steps": 40,
+    "finetune.steps": 30,
+    "optim.batch_size": 16,
+    "eval.every": 10,
+    "eval.items": 20,
+    "eval.pretrain_items": 40,
+    "eval.grid_step": 0.25,
+    "run.threads": 1,
+}
+
+
+def tiny(**overrides):
+    return from_flat({**TINY, **overrides})
+
+
+class Interrupt(Exception):
+    pass
+
+
+def collect(config, checkpoint=None, stop_at=None):
+    """Run a trial, recording every evaluation; with stop_at=(phase, step), take a checkpoint
+    there and interrupt."""
+    seen, saved = [], {}
+
+    def on_eval(evaluation, state):
+        seen.append(evaluation)
+        if stop_at == (evaluation.phase, evaluation.step):
+            saved["checkpoint"] = state.checkpoint()
+            raise Interrupt
+
+    try:
+        result = run_trial(config, on_eval, checkpoint)
+    except Interrupt:
+        return seen, saved["checkpoint"], None
+    return seen, None, result
+
+
+def same(a, b):
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+@pytest.mark.parametrize("stop_at", [("pretrain", 20), ("finetune", 10), ("pretrain", 40)])
+def test_resume_equals_an_uninterrupted_run(stop_at):
+    config = tiny()
+    whole, _, full = collect(config)
+    first, checkpoint, _ = collect(config, stop_at=stop_at)
+    # Round-trip the checkpoint through torch.save like a real checkpoint directory.
+    checkpoint = torch.load(_save(checkpoint), weights_only=False)
+    rest, _, resumed = collect(config, checkpoint=checkpoint)
+    joined = first + rest
+    assert [(e.phase, e.step) for e in joined] == [(e.phase, e.step) for e in whole]
+    for a, b in zip(joined, whole, strict=True):
+        assert a.metrics.keys() == b.metrics.keys()
+        for key in a.metrics:
+            assert same(a.metrics[key], b.metrics[key]), (a.phase, a.step, key)
+    assert full.metrics.keys() == resumed.metrics.keys()
+    assert all(same(full.metrics[k], resumed.metrics[k]) for k in full.metrics)
+
+
+def _save(checkpoint, _dir=[]):
+    import tempfile
+
+    path = tempfile.mktemp(suffix=".pt")
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_a_tiny_trial_learns_above_chance_and_reports_every_metric():
+    result = run_trial(tiny(**{"pretrain.dataset": "none", "finetune.steps": 120}))
+    m = result.metrics
+    assert m[metrics.ACC_TRAINED] > 0.5  # chance is 0.1 on glyphs_b
+    for key in (metrics.ACC_UNTRAINED, metrics.TRANSFER_RATIO, metrics.CONSISTENCY):
+        assert key in m
+    assert any(k.startswith("invariance/G/") for k in m)
+    assert metrics.FORGETTING_PRETRAIN_ACC not in m  # vanilla: nothing to forget
+    assert result.info["finetune/steps_run"] == 120
+
+
+def test_pretraining_logs_forgetting_of_its_own_task():
+    seen, _, result = collect(tiny())
+    phases = [e.phase for e in seen]
+    assert phases.index("finetune") > 0
+    finetune = [e for e in seen if e.phase == "finetune"]
+    assert finetune[0].step == 0
+    assert all(metrics.FORGETTING_PRETRAIN_ACC in e.metrics for e in finetune)
+    assert metrics.PRETRAIN_ACC_GRID in [k for e in seen for k in e.grids]
+    assert metrics.drop_key(metrics.FORGETTING_PRETRAIN_ACC) in result.metrics
+    assert seen[-1].grids[metrics.ACC_GRID].shape == (4, 4)
+
+
+def test_nan_loss_names_phase_and_step():
+    def poison(evaluation, state):
+        if evaluation.phase == "finetune" and evaluation.step == 10:
+            with torch.no_grad():
+                next(state.net.parameters()).fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLossError, match="loss is nan at finetune step 11"):
+        run_trial(tiny(), poison)
+
+
+def test_goal_stop_rule_stops_before_the_cap():
+    config = tiny(
+        **{
+            "pretrain.dataset": "none",
+            "finetune.steps": 400,
+            "finetune.stop": "goal",
+            "stop.goal": 0.05,
+            "stop.window": 5,
+            "stop.patience": 10,
+        }
+    )
+    result = run_trial(config)
+    assert result.info["finetune/stop_reason"] == "goal"
+    assert result.info["finetune/steps_run"] < 400
+
+
+def test_log_schedule_has_early_points():
+    steps = eval_steps(tiny(**{"eval.schedule": "log", "eval.points": 6}), 1000)
+    assert {0, 1, 1000} <= steps and len(steps) <= 7 and min(steps - {0, 1}) < 20
+
+
+def test_freezing_conv_keeps_conv_weights_fixed():
+    seen = {}
+
+    def grab(evaluation, state):
+        if evaluation.phase == "finetune":
+            seen[evaluation.step] = [p.detach().clone() for p in state.net.features.parameters()]
+
+    run_trial(tiny(**{"finetune.freeze": "conv"}), grab)
+    first, last = seen[0], seen[max(seen)]
+    assert all(torch.equal(a, b) for a, b in zip(first, last, strict=True))

@@ -1,0 +1,270 @@
+"""Running a network over the test grid: accuracy at every canvas centre and per-layer
+activation similarity, batched over centres and items (no loop over single images).
+
+The arithmetic on the resulting arrays (summaries, G, forgetting) lives in `metrics.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from transinv import metrics
+from transinv.canvas import Renderer
+from transinv.regimes import uniform_int, valid_range
+
+EVAL_PIXELS = 512 * 64 * 64
+"""Canvas pixels per forward pass during evaluation: 512 canvases of 64 px amortise the call
+overhead on 2 CPU cores; at 224 px the same budget (42 canvases) keeps a VGG's first-block
+activations within a few GB."""
+
+
+def eval_batch(size: int) -> int:
+    """Canvases per evaluation forward pass for a canvas side."""
+    return max(1, EVAL_PIXELS // (size * size))
+
+
+@dataclass(frozen=True)
+class TestGrid:
+    """The centres items are tested at, and what they are relative to.
+
+    xs, ys: pixel centres along each axis (the grid is their product).
+    """
+
+    xs: np.ndarray
+    ys: np.ndarray
+    step: int
+    offset: int
+    trained: tuple[int, int]
+    stride: int
+    item_size: int
+
+    @property
+    def step_aligned(self) -> bool:
+        """Whether the grid step is a multiple of the net's total stride (overstates
+        invariance)."""
+        return self.step % self.stride == 0
+
+    def centres(self) -> np.ndarray:
+        """[Gy * Gx, 2] (x, y), row-major over (y, x)."""
+        gx, gy = np.meshgrid(self.xs, self.ys)
+        return np.stack([gx.ravel(), gy.ravel()], axis=1)
+
+    def untrained(self) -> np.ndarray:
+        return metrics.untrained_mask(self.xs, self.ys, self.trained, self.item_size)
+
+    def aligned(self) -> np.ndarray:
+        return metrics.aligned_mask(self.xs, self.ys, self.trained, self.stride)
+
+    def describe(self) -> dict[str, float]:
+        return {
+            "grid_step_px": self.step,
+            "grid_offset_px": self.offset,
+            "grid_points": len(self.xs) * len(self.ys),
+            "stride": self.stride,
+            "grid_step_aligned": float(self.step_aligned),
+        }
+
+
+def build_grid(
+    size: int,
+    item_size: int,
+    step: float,
+    offset: float,
+    trained: tuple[int, int],
+    stride: int,
+) -> TestGrid:
+    """Centres from the low edge of the valid range + offset, every `step` (canvas fractions)."""
+    lo, hi = valid_range(size, item_size)
+    step_px = max(1, round(step * size))
+    offset_px = round(offset * size)
+    axis = np.arange(lo + offset_px, hi, step_px)
+    if len(axis) == 0:
+        axis = np.array([lo])
+    return TestGrid(axis, axis.copy(), step_px, offset_px, trained, stride, item_size)
+
+
+def balanced_subset(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of n items, round-robin over classes (item i has class i % C while classes last),
+    so every class is tested about equally. labels: [M], sorted or not."""
+    classes = labels.unique()
+    pools = [torch.nonzero(labels == c).flatten().tolist() for c in classes]
+    out: list[int] = []
+    depth = 0
+    while len(out) < n and any(depth < len(p) for p in pools):
+        out.extend(p[depth] for p in pools if depth < len(p))
+        depth += 1
+    return torch.tensor(out[:n])
+
+
+def other_class_partner(labels: torch.Tensor) -> torch.Tensor:
+    """A permutation pi with labels[pi[i]] != labels[i] for every i (a cyclic shift), for the
+    different-item baseline D."""
+    n = len(labels)
+    for shift in range(1, n):
+        perm = torch.roll(torch.arange(n), -shift)
+        if bool((labels[perm] != labels).all()):
+            return perm
+    raise ValueError("the D baseline needs items of at least two classes")
+
+
+@contextmanager
+def probed(net: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Collect the outputs of the named probe layers on each forward, flattened: [B, D]."""
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in layers:
+
+        def hook(module, inputs, output, name=name):
+            captured[name] = output.flatten(1)
+
+        handles.append(net.probe_layers[name].register_forward_hook(hook))
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def eval_mode(net: nn.Module) -> Iterator[None]:
+    """Eval mode and no grad for the block; the previous per-module modes come back after."""
+    modes = {m: m.training for m in net.modules()}
+    net.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def _forward(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return net(images.contiguous(memory_format=torch.channels_last))
+
+
+@dataclass(frozen=True)
+class GridResult:
+    """acc: [Gy, Gx] accuracy at each centre; acc_trained: accuracy at the trained centre;
+    i_grids / d_grids: layer -> [Gy, Gx] mean cosine (same item / other-class item) between an
+    item at the trained centre and at each grid centre."""
+
+    acc: np.ndarray
+    acc_trained: float
+    i_grids: dict[str, np.ndarray]
+    d_grids: dict[str, np.ndarray]
+
+
+def evaluate_grid(
+    net: nn.Module,
+    items: torch.Tensor,
+    labels: torch.Tensor,
+    grid: TestGrid,
+    render: Renderer,
+    layers: Sequence[str] = (),
+    device: torch.device | str = "cpu",
+) -> GridResult:
+    """Every item at every grid centre, in batches of whole centres.
+
+    items: [N, k, k]; labels: [N]; render(items, centres [B, 2]) -> canvases [B, C, S, S].
+    """
+    device = torch.device(device)
+    items, labels = items.to(device), labels.to(device)
+    n = len(items)
+    partner = other_class_partner(labels.cpu()).to(device) if layers else None
+    centres = torch.from_numpy(grid.centres()).long()
+    gy, gx = len(grid.ys), len(grid.xs)
+    correct = torch.zeros(len(centres), device=device)
+    i_sum = {name: torch.zeros(len(centres), device=device) for name in layers}
+    d_sum = {name: torch.zeros(len(centres), device=device) for name in layers}
+    per_pass = max(1, eval_batch(render.size) // n)
+    with eval_mode(net), probed(net, layers) as acts:
+        trained = torch.tensor(grid.trained).repeat(n, 1)
+        ref_logits = _forward(net, render(items, trained))
+        acc_trained = float((ref_logits.argmax(1) == labels).float().mean())
+        ref = {name: torch.nn.functional.normalize(a.float(), dim=1) for name, a in acts.items()}
+        for start in range(0, len(centres), per_pass):
+            chunk = centres[start : start + per_pass]
+            p = len(chunk)
+            batch_centres = chunk.repeat_interleave(n, dim=0)
+            logits = _forward(net, render(items.repeat(p, 1, 1), batch_centres))
+            hits = (logits.argmax(1) == labels.repeat(p)).float().view(p, n)
+            correct[start : start + p] = hits.mean(1)
+            for name in layers:
+                a = torch.nn.functional.normalize(acts[name].float(), dim=1).view(p, n, -1)
+                r = ref[name][None]  # [1, n, D], broadcast over centres
+                i_sum[name][start : start + p] = (a * r).sum(-1).mean(1)
+                d_sum[name][start : start + p] = (a[:, partner] * r).sum(-1).mean(1)
+    return GridResult(
+        acc=correct.view(gy, gx).cpu().numpy(),
+        acc_trained=acc_trained,
+        i_grids={k: v.view(gy, gx).cpu().numpy() for k, v in i_sum.items()},
+        d_grids={k: v.view(gy, gx).cpu().numpy() for k, v in d_sum.items()},
+    )
+
+
+def accuracy_at(
+    net: nn.Module,
+    items: torch.Tensor,
+    labels: torch.Tensor,
+    centres: torch.Tensor,
+    render: Renderer,
+    head: nn.Module | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[float, torch.Tensor]:
+    """Accuracy of items at given centres, and the predictions [N]. With `head`, the net's trunk
+    and hidden layers feed that head instead of the net's own (the pretraining head, for
+    forgetting of the pretraining task)."""
+    preds = []
+    batch = eval_batch(render.size)
+    with eval_mode(net):
+        for start in range(0, len(items), batch):
+            x = render(items[start : start + batch].to(device), centres[start : start + batch])
+            x = x.contiguous(memory_format=torch.channels_last)
+            if head is None:
+                out = net(x)
+            else:
+                out = head(net.classifier(net.pool(net.features(x))))
+            preds.append(out.argmax(1))
+    pred = torch.cat(preds)
+    return float((pred == labels.to(pred.device)).float().mean()), pred
+
+
+def random_centres(
+    n: int, size: int, item_size: int, gen: torch.Generator, min_distance: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two centres per item, uniform over the valid range, at least `min_distance` apart.
+    Returns ([n, 2], [n, 2])."""
+    lo, hi = valid_range(size, item_size)
+    if min_distance > np.hypot(hi - 1 - lo, hi - 1 - lo):
+        raise ValueError(f"no two centres are {min_distance} px apart on a {size} px canvas")
+    low, high = torch.full((n, 2), lo), torch.full((n, 2), hi)
+    a, b = uniform_int(low, high, gen), uniform_int(low, high, gen)
+    while True:
+        bad = torch.hypot(*(a - b).double().T) < min_distance
+        if not bad.any():
+            return a, b
+        b[bad] = uniform_int(low[bad], high[bad], gen)
+
+
+def positional_consistency(
+    net: nn.Module,
+    items: torch.Tensor,
+    render: Renderer,
+    size: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Fraction of items whose predicted class is the same at two random centres at least one
+    item width apart (label-free, after Zhang 2019)."""
+    gen = torch.Generator().manual_seed(seed)
+    a, b = random_centres(len(items), size, items.shape[-1], gen, items.shape[-1])
+    dummy = torch.zeros(len(items), dtype=torch.long)
+    _, pred_a = accuracy_at(net, items, dummy, a, render, device=device)
+    _, pred_b = accuracy_at(net, items, dummy, b, render, device=device)
+    return float((pred_a == pred_b).float().mean())

@@ -1,0 +1,167 @@
+"""Studies as pandas tables, read from the MLflow server: MLflow is the system of record, pandas
+the query language.
+
+    runs = load_runs("smoke", "http://127.0.0.1:5000")      # one row per trial
+    long = curves(runs, ["finetune/acc_untrained"])         # run_id, key, step, value
+    best_regimes(runs, "finetune/acc_untrained", by=["pretrain.dataset"])
+
+Columns are the dotted config keys (typed as in `config.py`), the final metrics under their
+metric keys, and `run_id`, `trial_id`, `status`, `start_time`, `end_time`. Every MLflow filter
+string of the project is built here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+import pandas as pd
+from mlflow import MlflowClient
+
+from transinv.config import KEY_TYPES, ConfigError, parse_value
+from transinv.tracking import TAG_ROLE, TAG_TRIAL, Tracker, check_uri
+
+RUN_COLUMNS = ["run_id", "trial_id", "status", "start_time", "end_time"]
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    """The given URI, else $MLFLOW_TRACKING_URI."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise ConfigError(
+            "no tracking URI: pass one or set MLFLOW_TRACKING_URI "
+            "(`python -m study ui` serves the local studies and prints it)"
+        )
+    return check_uri(uri)
+
+
+def trial_filter() -> str:
+    return f"tags.`{TAG_ROLE}` = 'trial'"
+
+
+def metric_filter(metric: str, op: str, value: float) -> str:
+    """A filter on a metric key with slashes: metrics.`finetune/acc_trained` >= 0.9."""
+    return f"metrics.`{metric}` {op} {value!r}"
+
+
+def param_filter(key: str, value: object) -> str:
+    """A filter on a dotted param: params.`model.arch` = 'resnet18' (params are strings)."""
+    text = str(value).replace("'", "\\'")
+    return f"params.`{key}` = '{text}'"
+
+
+def _typed(column: pd.Series, key: str) -> pd.Series:
+    """A param column cast to its config type (MLflow stores params as strings)."""
+    kind = KEY_TYPES[key]
+    values = [None if v is None or v != v else parse_value(key, v) for v in column]
+    if kind in (int, float, bool) and all(v is not None for v in values):
+        return pd.Series(
+            values, index=column.index, dtype={int: "int64", float: "float64", bool: "bool"}[kind]
+        )
+    if kind is str:
+        return pd.Series(values, index=column.index, dtype="str")
+    return pd.Series(values, index=column.index, dtype="object")
+
+
+def load_runs(study: str, uri: str | None = None, filter_string: str = "") -> pd.DataFrame:
+    """One row per trial run of a study (columns: see the module docstring)."""
+    tracker = Tracker(tracking_uri(uri))
+    experiment = tracker.client.get_experiment_by_name(study)
+    if experiment is None:
+        raise ConfigError(f"no study {study!r} on {tracker.uri}")
+    where = " and ".join(filter(None, [trial_filter(), filter_string]))
+    rows = []
+    for run in tracker.find_runs(experiment.experiment_id, where):
+        row = {
+            "run_id": run.info.run_id,
+            "trial_id": run.data.tags.get(TAG_TRIAL),
+            "status": run.info.status,
+            "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
+            "end_time": pd.to_datetime(run.info.end_time, unit="ms", utc=True)
+            if run.info.end_time
+            else pd.NaT,
+        }
+        row.update({k: v for k, v in run.data.params.items() if k in KEY_TYPES})
+        row.update(run.data.metrics)
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=RUN_COLUMNS if not rows else None)
+    for key in KEY_TYPES:
+        if key in frame:
+            frame[key] = _typed(frame[key], key)
+    frame.attrs["study"], frame.attrs["uri"] = study, tracker.uri
+    return frame.sort_values("start_time", ignore_index=True) if rows else frame
+
+
+def curves(runs: pd.DataFrame, keys: Iterable[str], uri: str | None = None) -> pd.DataFrame:
+    """Step-indexed metric histories of the given runs as a long table (run_id, key, step,
+    value, timestamp). A trial restored from a lagging checkpoint logs some steps twice: the
+    latest timestamp wins, so each (run, key, step) appears once."""
+    client = MlflowClient(tracking_uri=tracking_uri(uri or runs.attrs.get("uri")))
+    rows = [
+        (run_id, key, m.step, m.value, m.timestamp)
+        for run_id in runs["run_id"]
+        for key in keys
+        for m in client.get_metric_history(run_id, key)
+    ]
+    frame = pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "timestamp"])
+    frame = frame.sort_values(["run_id", "key", "step", "timestamp"])
+    frame = frame.drop_duplicates(["run_id", "key", "step"], keep="last")
+    return frame.reset_index(drop=True)
+
+
+def with_config(long: pd.DataFrame, runs: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """A long curve table joined with config columns of its runs (for grouping and plotting)."""
+    return long.merge(runs[["run_id", *keys]], on="run_id", how="left")
+
+
+def best_regimes(
+    runs: pd.DataFrame,
+    metric: str,
+    by: Sequence[str],
+    mode: str = "max",
+    where: Sequence[tuple[str, str, float]] = (),
+    status: str | None = "FINISHED",
+) -> pd.DataFrame:
+    """Conditions ranked by the mean of `metric` over their trials (seeds), with the spread.
+
+    where: constraints as (metric, op, value), e.g. [("finetune/acc_trained", ">=", 0.9)];
+    a condition's trials that violate them are dropped. Columns: the `by` keys, mean, std, min,
+    max, n (trials), seeds.
+    """
+    if mode not in ("max", "min"):
+        raise ConfigError(f"mode {mode!r} must be max or min")
+    missing = [c for c in [metric, *by] if c not in runs.columns]
+    if missing:
+        raise ConfigError(
+            f"columns {missing} are not in the runs; available: {', '.join(runs.columns)}"
+        )
+    frame = runs if status is None else runs[runs["status"] == status]
+    for key, op, value in where:
+        if key not in frame.columns:
+            raise ConfigError(f"constraint metric {key!r} is not in the runs")
+        frame = frame[_compare(frame[key], op, value)]
+    frame = frame[frame[metric].notna()]
+    if frame.empty:
+        return pd.DataFrame(columns=[*by, "mean", "std", "min", "max", "n", "seeds"])
+    grouped = frame.groupby(list(by), dropna=False)[metric]
+    table = grouped.agg(["mean", "std", "min", "max", "count"]).rename(columns={"count": "n"})
+    if "seed" in frame.columns:
+        table["seeds"] = frame.groupby(list(by), dropna=False)["seed"].agg(
+            lambda s: ",".join(map(str, sorted(s)))
+        )
+    table = table.sort_values("mean", ascending=(mode == "min")).reset_index()
+    table.attrs["metric"], table.attrs["mode"] = metric, mode
+    return table
+
+
+def _compare(column: pd.Series, op: str, value: float) -> pd.Series:
+    ops = {
+        ">=": column.ge,
+        "<=": column.le,
+        ">": column.gt,
+        "<": column.lt,
+        "==": column.eq,
+    }
+    if op not in ops:
+        raise ConfigError(f"operator {op!r} must be one of {', '.join(ops)}")
+    return ops[op](value)

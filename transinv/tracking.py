@@ -1,0 +1,317 @@
+"""MLflow tracking over HTTP with `MlflowClient` only, and a local tracking server for one machine.
+
+A study is one MLflow experiment holding a parent run (the space file, its digest, sampler,
+package versions) and one child run per trial (params: the trial's full flat config; metrics:
+step-indexed curves under the keys of `metrics.py`; artifacts: heatmaps, figures, tables).
+
+The fluent API (`mlflow.start_run`) is not used: its active run is process-global, and trials
+must reattach to their own run after a restore. Every evaluation is one `log_batch` call, which
+is two orders of magnitude faster than a call per metric (see benchmarks/bench_tracking.py).
+
+Deciding when to log what is the caller's business (the Ray trial in `study/trial.py`); turning
+runs back into tables is `results.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from transinv.config import format_value
+
+MAX_METRICS_PER_CALL = 1000
+MAX_PARAMS_TAGS_PER_CALL = 100
+PARAM_VALUE_LIMIT = 6000
+
+TAG_STUDY = "transinv.study"
+TAG_ROLE = "transinv.role"
+TAG_DIGEST = "transinv.space_digest"
+TAG_TRIAL = "ray.trial_id"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_ERROR = "transinv.error"
+
+
+class TrackingError(RuntimeError):
+    """The tracking server is unusable: the message names the URI and what to do."""
+
+
+def check_uri(uri: str) -> str:
+    """Only HTTP(S) tracking servers: file stores and SQLite break with concurrent trials."""
+    if not uri.startswith(("http://", "https://")):
+        raise TrackingError(
+            f"tracking URI {uri!r} is not an http(s):// server; trials write concurrently, "
+            "which file: and sqlite: stores do not support. Start one with "
+            "`python -m study ui` or pass --tracking-uri http://HOST:PORT"
+        )
+    return uri.rstrip("/")
+
+
+def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
+    """Raise TrackingError within about `timeout_s` unless the server answers a real API call.
+
+    `/health` alone answers even when the API is refused (e.g. a Host-header check), so an
+    experiments search follows it.
+    """
+    uri = check_uri(uri)
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            remaining = max(0.5, deadline - time.monotonic())
+            url = f"{uri}/api/2.0/mlflow/experiments/search"
+            body = json.dumps({"max_results": 1}).encode()
+            req = urllib.request.Request(
+                url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+            )
+            with urllib.request.urlopen(req, timeout=min(remaining, 5.0)) as resp:
+                if resp.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            raise TrackingError(
+                f"MLflow server at {uri} refused an API call: HTTP {exc.code} {exc.reason}"
+                + (" (check the server's --allowed-hosts)" if exc.code == 403 else "")
+            ) from exc
+        except (OSError, urllib.error.URLError) as exc:
+            last = exc
+            time.sleep(0.25)
+    raise TrackingError(
+        f"MLflow server at {uri} is unreachable ({last}); start it, or omit --tracking-uri "
+        "to let `python -m study run` start a local one"
+    )
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _param_value(value: Any) -> str:
+    text = format_value(value)
+    return text if len(text) <= PARAM_VALUE_LIMIT else text[: PARAM_VALUE_LIMIT - 3] + "..."
+
+
+class Tracker:
+    """Study and trial runs on one tracking server."""
+
+    def __init__(self, uri: str):
+        self.uri = check_uri(uri)
+        # MLflow prints a "View run at" line per finished run; a study has hundreds.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    # -- experiments and runs ------------------------------------------------------------------
+
+    def experiment(self, study: str) -> str:
+        """The id of the study's experiment, created on first use."""
+        found = self.client.get_experiment_by_name(study)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(study)
+        except Exception:  # another process created it meanwhile
+            found = self.client.get_experiment_by_name(study)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def find_runs(self, experiment_id: str, filter_string: str) -> list:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [experiment_id], filter_string, max_results=1000, page_token=token
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def study_run(
+        self, study: str, digest: str, params: Mapping[str, Any], tags: Mapping[str, str]
+    ) -> str:
+        """The study's parent run: found by tag when the study resumes, else created."""
+        exp = self.experiment(study)
+        found = self.find_runs(
+            exp, f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_ROLE}` = 'study'"
+        )
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(
+            exp,
+            run_name=study,
+            tags={TAG_STUDY: study, TAG_ROLE: "study", TAG_DIGEST: digest, **tags},
+        )
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def trial_run(
+        self,
+        study: str,
+        parent_run_id: str,
+        trial_id: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str] | None = None,
+        run_id: str | None = None,
+    ) -> str:
+        """The trial's run: `run_id` from its checkpoint, else the run already tagged with its
+        Ray trial id (a trial restarted without a checkpoint), else a new child run. Marked
+        RUNNING either way."""
+        exp = self.experiment(study)
+        if run_id is None:
+            found = self.find_runs(exp, f"tags.`{TAG_TRIAL}` = '{trial_id}'")
+            run_id = found[0].info.run_id if found else None
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(
+            exp,
+            run_name=f"{study}/{trial_id}",
+            tags={
+                TAG_STUDY: study,
+                TAG_ROLE: "trial",
+                TAG_TRIAL: trial_id,
+                TAG_PARENT: parent_run_id,
+                **(tags or {}),
+            },
+        )
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def finish(self, run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
+        """End a run as FINISHED, FAILED (with the error as a tag and error.txt) or KILLED."""
+        if error:
+            self.client.set_tag(run_id, TAG_ERROR, error[:5000])
+            self.client.log_text(run_id, error, "error.txt")
+        self.client.set_terminated(run_id, status=status)
+
+    # -- logging -------------------------------------------------------------------------------
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        entries = [Param(k, _param_value(v)) for k, v in params.items()]
+        for chunk in _chunks(entries, MAX_PARAMS_TAGS_PER_CALL):
+            self.client.log_batch(run_id, params=chunk)
+
+    def log_metrics(
+        self, run_id: str, values: Mapping[str, float], step: int, timestamp_ms: int | None = None
+    ) -> None:
+        """All values at one step, in as few calls as the server's limits allow."""
+        now = timestamp_ms or int(time.time() * 1000)
+        entries = [
+            Metric(k, float(v), now, step)
+            for k, v in values.items()
+            if v is not None and not (isinstance(v, float) and math.isinf(v))
+        ]
+        for chunk in _chunks(entries, MAX_METRICS_PER_CALL):
+            self.client.log_batch(run_id, metrics=chunk)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        entries = [RunTag(k, _param_value(v)) for k, v in tags.items()]
+        for chunk in _chunks(entries, MAX_PARAMS_TAGS_PER_CALL):
+            self.client.log_batch(run_id, tags=chunk)
+
+    def log_image(self, run_id: str, image: Any, key: str, step: int) -> None:
+        """A step-indexed image (the MLflow UI shows a step slider per key)."""
+        self.client.log_image(run_id, image, key=key.replace("/", "."), step=step)
+
+    def log_figure(self, run_id: str, figure: Any, path: str) -> None:
+        self.client.log_figure(run_id, figure, path)
+
+    def log_table(self, run_id: str, data: Any, path: str) -> None:
+        self.client.log_table(run_id, data, path)
+
+    def log_dict(self, run_id: str, data: Mapping[str, Any], path: str) -> None:
+        self.client.log_dict(run_id, dict(data), path)
+
+    def log_file(self, run_id: str, path: Path, artifact_dir: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# A local tracking server for one machine (and for tests).
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LocalServer:
+    """An `mlflow server` child process on loopback with SQLite and an artifact folder."""
+
+    uri: str
+    process: subprocess.Popen
+    state_dir: Path
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM to the server stops its workers too."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> LocalServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_local_server(
+    state_dir: Path, port: int | None = None, host: str = "127.0.0.1", timeout_s: float = 60.0
+) -> LocalServer:
+    """Start `mlflow server` (one worker, job execution off: ~0.5 GB instead of 2-3 GB) storing
+    runs in `state_dir/mlflow.db` and artifacts in `state_dir/artifacts`; wait until it answers."""
+    state_dir = Path(state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port(host)
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{state_dir / 'mlflow.db'}",
+        "--artifacts-destination", str(state_dir / "artifacts"),
+        "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    }
+    log = open(state_dir / "server.log", "ab")  # noqa: SIM115 - the child keeps it
+    process = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    uri = f"http://{host}:{port}"
+    server = LocalServer(uri, process, state_dir)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = (state_dir / "server.log").read_text(errors="replace")[-2000:]
+            raise TrackingError(f"mlflow server exited with {process.returncode}:\n{tail}")
+        try:
+            check_reachable(uri, timeout_s=1.0)
+            return server
+        except TrackingError:
+            time.sleep(0.3)
+    server.stop()
+    raise TrackingError(f"mlflow server at {uri} did not answer within {timeout_s:.0f} s")
