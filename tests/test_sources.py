@@ -5,7 +5,7 @@ normalised as the canvas stream expects."""
 import pytest
 import torch
 
-from transinv import config
+from transinv import config, sources
 from transinv.config import ConfigError, TrialConfig
 from transinv.sources import (
     SOURCES,
@@ -13,6 +13,7 @@ from transinv.sources import (
     ItemSet,
     SourceRequest,
     canvas_stats,
+    draw_segments,
     load_items,
     source_names,
 )
@@ -64,9 +65,9 @@ def test_every_source_loads_offline_sorted_in_range_with_every_class_held_out(na
         assert images.min() >= 0 and images.max() <= 1
         assert torch.equal(labels, labels.sort().values)
         assert torch.equal(labels.unique(), torch.arange(n)), f"{split} lacks a class"
+        assert images.flatten(1).amax(1).min() > 0.2, f"a {split} item without visible ink"
     # Background is black: ink is the minority of pixels, whatever the source's polarity.
     assert item_set.train.mean() < 0.35
-    assert item_set.train.flatten(1).amax(1).min() > 0.3, "an item without visible ink"
 
 
 @pytest.mark.parametrize("name", DEFAULTS)
@@ -94,6 +95,38 @@ def test_class_slices_cover_each_class_contiguously():
         block = item_set.train_labels[starts[c] : starts[c] + counts[c]]
         assert (block == c).all()
     assert torch.equal(counts, torch.bincount(item_set.train_labels))
+
+
+@pytest.mark.parametrize("name", ["glyphs", "glyphs_b"])
+def test_every_glyph_has_solid_strokes(name):
+    for images in (items(name).train, items(name).test):
+        assert (images.flatten(1).amax(1) == 1).all()
+        # Strokes are thin lines, not blobs: a small fraction of the item is ink.
+        assert 0.05 < images.mean() < 0.3
+
+
+def test_drawn_strokes_are_the_supersamples_within_half_a_width_of_a_segment():
+    gen = torch.Generator().manual_seed(0)
+    starts, stops = torch.rand(6, 3, 2, generator=gen), torch.rand(6, 3, 2, generator=gen)
+    stops[0, 0] = starts[0, 0]  # a point-like segment draws a dot
+    threads = torch.get_num_threads()
+    drawn = draw_segments(starts, stops, K)
+    assert torch.get_num_threads() == threads
+    # Brute force on the whole raster, in float64, with the module's constants.
+    size, margin = 4 * K, sources.GLYPH_MARGIN
+    a = (margin + (1 - 2 * margin) * starts.double()) * size
+    b = (margin + (1 - 2 * margin) * stops.double()) * size
+    y, x = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    p = torch.stack([x, y], -1).double()[None, None]  # [1, 1, size, size, 2]
+    a, d = a[:, :, None, None], (b - a)[:, :, None, None]
+    t = ((p - a) * d).sum(-1) / (d * d).sum(-1).clamp_min(1e-12)
+    gap = p - a - t.clamp(0, 1)[..., None] * d
+    half_width = sources.GLYPH_STROKE * K * 4 / 2
+    ink = ((gap * gap).sum(-1).amin(1) <= half_width**2).double()
+    expected = torch.nn.functional.avg_pool2d(ink[:, None], 4)[:, 0]
+    # Supersamples exactly on a stroke's edge may fall either way in float32.
+    assert (drawn - expected).abs().max() <= 1 / 16
+    assert (drawn - expected).abs().mean() < 1e-3
 
 
 def test_glyphs_are_deterministic_for_a_data_seed_and_differ_for_another():
@@ -129,7 +162,7 @@ def test_glyph_strokes_scale_with_the_item_size():
     small, large = items("glyphs", classes=3, k=16), items("glyphs", classes=3, k=48)
     assert large.train.shape[1:] == (48, 48)
     assert large.train.max() == 1
-    assert large.train.mean() == pytest.approx(small.train.mean(), rel=0.15)
+    assert large.train.mean().item() == pytest.approx(small.train.mean().item(), rel=0.15)
 
 
 def test_fewer_real_classes_are_a_seeded_subset_relabelled_from_zero():

@@ -121,6 +121,10 @@ def probed(net: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, torch.Te
     for name in layers:
 
         def hook(module, inputs, output, name=name):
+            if output.dim() == 4 and output.is_contiguous(memory_format=torch.channels_last):
+                # Flatten in memory order (a view, not a copy); cosines do not depend on the
+                # order of units as long as every activation uses the same one.
+                output = output.permute(0, 2, 3, 1)
             captured[name] = output.flatten(1)
 
         handles.append(net.probe_layers[name].register_forward_hook(hook))
@@ -176,7 +180,10 @@ def evaluate_grid(
     device = torch.device(device)
     items, labels = items.to(device), labels.to(device)
     n = len(items)
-    partner = other_class_partner(labels.cpu()).to(device) if layers else None
+    # D pairs item i at the trained centre with its partner pi(i) at p; summed over items that
+    # is item j at p against reference pi^-1(j), so the references are permuted, not the
+    # (much larger) activations at p.
+    unpartner = torch.argsort(other_class_partner(labels.cpu())).to(device) if layers else None
     centres = torch.from_numpy(grid.centres()).long()
     gy, gx = len(grid.ys), len(grid.xs)
     correct = torch.zeros(len(centres), device=device)
@@ -187,7 +194,10 @@ def evaluate_grid(
         trained = torch.tensor(grid.trained).repeat(n, 1)
         ref_logits = _forward(net, render(items, trained))
         acc_trained = float((ref_logits.argmax(1) == labels).float().mean())
-        ref = {name: torch.nn.functional.normalize(a.float(), dim=1) for name, a in acts.items()}
+        refs = {}
+        for name, a in acts.items():
+            r = torch.nn.functional.normalize(a.float(), dim=1)
+            refs[name] = torch.stack([r, r[unpartner]], dim=2)  # [n, D, 2]
         for start in range(0, len(centres), per_pass):
             chunk = centres[start : start + per_pass]
             p = len(chunk)
@@ -196,10 +206,12 @@ def evaluate_grid(
             hits = (logits.argmax(1) == labels.repeat(p)).float().view(p, n)
             correct[start : start + p] = hits.mean(1)
             for name in layers:
-                a = torch.nn.functional.normalize(acts[name].float(), dim=1).view(p, n, -1)
-                r = ref[name][None]  # [1, n, D], broadcast over centres
-                i_sum[name][start : start + p] = (a * r).sum(-1).mean(1)
-                d_sum[name][start : start + p] = (a[:, partner] * r).sum(-1).mean(1)
+                a = acts[name].float().view(p, n, -1)
+                norms = torch.linalg.vector_norm(a, dim=2).clamp_min(1e-8)  # [p, n]
+                # One batched matmul over items gives both dot products: [n, p, 2].
+                dots = torch.bmm(a.transpose(0, 1), refs[name]) / norms.T[:, :, None]
+                i_sum[name][start : start + p] = dots[:, :, 0].mean(0)
+                d_sum[name][start : start + p] = dots[:, :, 1].mean(0)
     return GridResult(
         acc=correct.view(gy, gx).cpu().numpy(),
         acc_trained=acc_trained,

@@ -12,10 +12,11 @@ network unless `data.download` is true, and then only torchvision's own MNIST/Fa
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -311,49 +312,72 @@ def make_glyphs(stream: str, classes: int, exemplars: int, k: int, data_seed: in
 
 
 def draw_segments(
-    starts: torch.Tensor, stops: torch.Tensor, k: int, chunk_pixels: int = 1 << 18
+    starts: torch.Tensor, stops: torch.Tensor, k: int, chunk_pixels: int = 1 << 19
 ) -> torch.Tensor:
     """Thick line segments, anti-aliased by area averaging.
 
     starts, stops: [E, G, 2] segment ends (x, y) in the unit box. Returns [E, k, k] float32 in
-    [0, 1]: the fraction of each pixel's (4 x 4) supersamples within half a stroke width of a
+    [0, 1]: the fraction of each pixel's 4 x 4 supersamples within half a stroke width of a
     segment. Exemplars are drawn in chunks of about `chunk_pixels` raster pixels, small enough
     to stay in cache.
     """
     size = SUPERSAMPLE * k
     span = 1 - 2 * GLYPH_MARGIN
     a = (GLYPH_MARGIN + span * starts) * size  # raster pixel units
-    d = (GLYPH_MARGIN + span * stops) * size - a
+    b = (GLYPH_MARGIN + span * stops) * size
+    d = b - a
     length2 = d.pow(2).sum(-1).clamp_min(1e-12)  # [E, G]; a point-like segment is a dot
     # Never thinner than one output pixel, so that small items keep solid ink.
-    half_width2 = (max(GLYPH_STROKE * k, 1.0) * SUPERSAMPLE / 2) ** 2
+    half_width = max(GLYPH_STROKE * k, 1.0) * SUPERSAMPLE / 2
     centres = torch.arange(size, dtype=torch.float32) + 0.5
     out = torch.empty(len(starts), k, k)
     step = max(1, chunk_pixels // (size * size))
-    for lo in range(0, len(starts), step):
-        hi = min(lo + step, len(starts))
-        near = torch.full((hi - lo, size, size), math.inf)
-        for g in range(starts.shape[1]):
-            # The projection t of a pixel p on the segment and |p - a|^2 are sums of a term in x
-            # and a term in y, so both are outer sums; then |p - a - t d|^2 = |p - a|^2 +
-            # |d|^2 t (t - 2 t0) with t0 the unclamped projection.
-            vx = centres - a[lo:hi, g, 0, None]  # [e, size]
-            vy = centres - a[lo:hi, g, 1, None]
-            inv = (1 / length2[lo:hi, g])[:, None]
-            t0 = (vy * d[lo:hi, g, 1, None] * inv)[:, :, None] + (vx * d[lo:hi, g, 0, None] * inv)[
-                :, None, :
-            ]
-            t = t0.clamp(0, 1)
-            t0.mul_(-2).add_(t).mul_(t)
-            dist2 = torch.addcmul(
-                vy.pow(2)[:, :, None] + vx.pow(2)[:, None, :],
-                length2[lo:hi, g, None, None],
-                t0,
-            )
-            torch.minimum(near, dist2, out=near)
-        ink = (near <= half_width2).float()[:, None]
-        out[lo:hi] = F.avg_pool2d(ink, SUPERSAMPLE)[:, 0]
+    with _one_thread():
+        for lo in range(0, len(starts), step):
+            hi = min(lo + step, len(starts))
+            near = torch.full((hi - lo, size, size), math.inf)
+            for g in range(starts.shape[1]):
+                # Only pixels in the chunk's bounding box of the segment can be near it, and an
+                # exemplar's segments sit close to its class's, so the box is a fraction of all.
+                ends = torch.cat([a[lo:hi, g], b[lo:hi, g]])
+                x0, y0 = (ends.amin(0) - half_width).floor().clamp(0, size).int().tolist()
+                x1, y1 = (ends.amax(0) + half_width).ceil().clamp(0, size).int().tolist()
+                # The unclamped projection t0 of a pixel p on the segment and |p - a|^2 are sums
+                # of a term in x and one in y (outer sums); with t = clamp(t0, 0, 1),
+                # |p - a - t d|^2 = |p - a|^2 + |d|^2 t (t - 2 t0).
+                vx = centres[x0:x1] - a[lo:hi, g, 0, None]  # [e, width]
+                vy = centres[y0:y1] - a[lo:hi, g, 1, None]  # [e, height]
+                inv = (1 / length2[lo:hi, g])[:, None]
+                tx, ty = vx * (d[lo:hi, g, 0, None] * inv), vy * (d[lo:hi, g, 1, None] * inv)
+                t0 = ty[:, :, None] + tx[:, None, :]
+                t = t0.clamp(0, 1)
+                t0.mul_(-2).add_(t).mul_(t)
+                dist2 = torch.addcmul(
+                    vy.pow(2)[:, :, None] + vx.pow(2)[:, None, :],
+                    length2[lo:hi, g, None, None],
+                    t0,
+                )
+                window = near[:, y0:y1, x0:x1]
+                torch.minimum(window, dist2, out=window)
+            ink = (near <= half_width**2).float()[:, None]
+            out[lo:hi] = F.avg_pool2d(ink, SUPERSAMPLE)[:, 0]
     return out
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch ops on one thread for the duration.
+
+    Drawing is thousands of small ops. With two intra-op threads and another busy process on the
+    CPUs, each op waits on a descheduled worker, and drawing was measured 50x slower (15 s
+    instead of 0.3 s); on one thread it is steady.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,7 +420,7 @@ def _torchvision_source(name: str, dataset: type, request: SourceRequest) -> Raw
                 f"data.root or TRANSINV_DATA to a folder holding {folder}/raw/ (see "
                 "shared/data/README.md), or set data.download=true with internet access"
             )
-    splits = [dataset(str(request.root), train=t, download=request.download) for t in (1, 0)]
+    splits = [dataset(str(request.root), train=t, download=request.download) for t in (True, False)]
     chosen = torch.from_numpy(_class_subset(name, request.data_seed, 10, request.classes))
     relabel = torch.full((10,), -1, dtype=torch.long)
     relabel[chosen] = torch.arange(len(chosen))
@@ -455,7 +479,9 @@ __all__ = [
     "SourceFn",
     "SourceRequest",
     "canvas_stats",
+    "draw_segments",
     "load_items",
+    "make_glyphs",
     "register_source",
     "resize",
     "source_names",

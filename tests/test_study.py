@@ -1,0 +1,201 @@
+"""Studies through the real CLI, real local Ray (in a child driver process) and a real MLflow
+server: tracking, relaunch = resume, and the failures a study must survive."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from transinv import metrics
+from transinv.results import best_regimes, curves, load_runs
+
+SPACE = """\
+# test study: {name}
+study: {name}
+objective: {{metric: finetune/acc_untrained, mode: max}}
+search: {{sampler: {sampler}, seed: 0}}
+samples: {samples}
+max_concurrent: 2
+resources: {{cpu: 1, gpu: 0}}
+fixed:
+  model.arch: tiny_cnn
+  canvas.size: 32
+  canvas.item_size: 8
+  pretrain.steps: {pretrain_steps}
+  finetune.steps: {finetune_steps}
+  optim.batch_size: 16
+  eval.every: 10
+  eval.items: 16
+  eval.pretrain_items: 32
+  eval.grid_step: 0.25
+  run.threads: 1
+space:
+{space}
+"""
+
+
+def write_space(tmp_path: Path, name: str, space: str, sampler: str = "tpe", samples: int = 2,
+                pretrain_steps: int = 20, finetune_steps: int = 20) -> Path:  # fmt: skip
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        SPACE.format(
+            name=name,
+            sampler=sampler,
+            samples=samples,
+            pretrain_steps=pretrain_steps,
+            finetune_steps=finetune_steps,
+            space=textwrap.indent(space.strip(), "  "),
+        )
+    )
+    return path
+
+
+def driver(space: Path, uri: str, home: Path, *extra: str) -> subprocess.Popen:
+    """`python -m study run` as a child in its own process group (so a test can kill it and
+    everything it started, and nothing else)."""
+    env = {**os.environ, "TRANSINV_HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "study", "run", str(space), "--tracking-uri", uri, *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """Everything the driver started (its local Ray included) dies with it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def trial_runs(uri: str, study: str) -> list:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(study)
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], "tags.`transinv.role` = 'trial'")
+
+
+def wait_for(predicate, timeout: float = 120, every: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    return tmp_path / "home"
+
+
+def test_study_tracks_every_trial_and_relaunch_redoes_nothing(tmp_path, tracking_uri, home):
+    space = write_space(
+        tmp_path, "track", "pretrain.dataset: {choice: [none, glyphs]}", samples=2
+    )
+    code, out = finish(driver(space, tracking_uri, home))
+    assert code == 0, out
+    runs = load_runs("track", tracking_uri)
+    assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}
+    assert runs["canvas.size"].dtype == "int64" and runs["optim.lr"].dtype == "float64"
+    assert str(runs["model.arch"].dtype) == "str"
+    assert metrics.ACC_UNTRAINED in runs and runs[metrics.ACC_UNTRAINED].notna().all()
+    long = curves(runs, [metrics.ACC_UNTRAINED, "invariance/G/fc1"])
+    assert set(long["step"]) == {0, 10, 20}
+    assert not long.duplicated(["run_id", "key", "step"]).any()
+
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(runs["run_id"][0])
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["transinv.role"] == "study" and parent.info.status == "FINISHED"
+    assert parent.data.tags["version.ray"] == "2.60.0"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"forgetting.png", "invariance_by_layer.png", "final_grid.json"} <= artifacts
+    assert any(a.path == "images" for a in client.list_artifacts(run.info.run_id))
+
+    table = best_regimes(runs, metrics.ACC_UNTRAINED, by=["pretrain.dataset"])
+    assert set(table["pretrain.dataset"]) == {"none", "glyphs"} and set(table["n"]) == {1}
+
+    started = time.monotonic()
+    code, out = finish(driver(space, tracking_uri, home))
+    assert code == 0, out
+    assert len(trial_runs(tracking_uri, "track")) == 2
+    assert time.monotonic() - started < 60
+
+
+def test_killed_driver_resumes_without_duplicate_runs(tmp_path, tracking_uri, home):
+    space = write_space(
+        tmp_path, "killed", "optim.lr: {loguniform: [0.001, 0.01]}",
+        samples=3, pretrain_steps=60, finetune_steps=60,
+    )  # fmt: skip
+    proc = driver(space, tracking_uri, home)
+
+    def some_progress():
+        runs = trial_runs(tracking_uri, "killed")
+        return any(r.data.metrics.get(metrics.PRETRAIN_ACC) is not None for r in runs)
+
+    wait_for(some_progress)
+    kill_group(proc)
+    assert any(r.info.status == "RUNNING" for r in trial_runs(tracking_uri, "killed"))
+
+    code, out = finish(driver(space, tracking_uri, home))
+    assert code == 0, out
+    runs = trial_runs(tracking_uri, "killed")
+    assert len(runs) == 3
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    frame = load_runs("killed", tracking_uri)
+    long = curves(frame, [metrics.PRETRAIN_LOSS, metrics.ACC_UNTRAINED])
+    assert not long.duplicated(["run_id", "key", "step"]).any()
+    assert set(long[long["key"] == metrics.ACC_UNTRAINED]["step"]) == {0, 10, 20, 30, 40, 50, 60}
+
+
+def test_nan_loss_fails_that_trial_only_and_names_phase_and_step(tmp_path, tracking_uri, home):
+    space = write_space(tmp_path, "nan", "optim.lr: {grid: [0.001, 1.0e+30]}", sampler="grid")
+    code, out = finish(driver(space, tracking_uri, home))
+    assert code != 0
+    runs = {r.data.params["optim.lr"]: r for r in trial_runs(tracking_uri, "nan")}
+    assert len(runs) == 2
+    assert runs["0.001"].info.status == "FINISHED"
+    failed = runs["1e+30"]
+    assert failed.info.status == "FAILED"
+    assert "loss is nan at pretrain step" in failed.data.tags["transinv.error"]
+
+
+def test_unreachable_tracking_server_fails_fast_with_a_clear_error(tmp_path, home):
+    space = write_space(tmp_path, "nowhere", "optim.lr: {loguniform: [0.001, 0.01]}")
+    started = time.monotonic()
+    code, out = finish(driver(space, "http://127.0.0.1:9", home), timeout=60)
+    assert code != 0
+    assert "http://127.0.0.1:9" in out and "unreachable" in out
+    assert time.monotonic() - started < 30  # 10 s budget plus interpreter start
+    code, out = finish(driver(space, "file:///tmp/mlruns", home), timeout=60)
+    assert code != 0 and "not an http(s):// server" in out
+
+
+def test_changed_space_is_refused_on_resume(tmp_path, tracking_uri, home):
+    space = write_space(tmp_path, "changed", "optim.lr: {loguniform: [0.001, 0.01]}", samples=1)
+    code, out = finish(driver(space, tracking_uri, home))
+    assert code == 0, out
+    space.write_text(space.read_text().replace("0.01]", "0.02]"))
+    code, out = finish(driver(space, tracking_uri, home), timeout=60)
+    assert code == 2 and "different space" in out
