@@ -72,8 +72,14 @@ def build_search(spec: StudySpec) -> OptunaSearch | None:
     """Optuna for tpe/gp/random; None for grid (Tune's own grid_search, no searcher)."""
     if spec.sampler == "grid":
         return None
+    # metric and mode go to the searcher itself: with a define-by-run space, Tune does not pass
+    # TuneConfig's down through its concurrency limiter.
     return ConstrainedOptunaSearch(
-        space=define_by_run(spec), sampler=build_sampler(spec), constraints=spec.constraints
+        space=define_by_run(spec),
+        metric=spec.objective,
+        mode=spec.mode,
+        sampler=build_sampler(spec),
+        constraints=spec.constraints,
     )
 
 

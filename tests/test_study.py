@@ -110,9 +110,7 @@ def home(tmp_path) -> Path:
 
 
 def test_study_tracks_every_trial_and_relaunch_redoes_nothing(tmp_path, tracking_uri, home):
-    space = write_space(
-        tmp_path, "track", "pretrain.dataset: {choice: [none, glyphs]}", samples=2
-    )
+    space = write_space(tmp_path, "track", "pretrain.dataset: {choice: [none, glyphs]}", samples=2)
     code, out = finish(driver(space, tracking_uri, home))
     assert code == 0, out
     runs = load_runs("track", tracking_uri)

@@ -55,12 +55,13 @@ def same(a, b):
 
 
 @pytest.mark.parametrize("stop_at", [("pretrain", 20), ("finetune", 10), ("pretrain", 40)])
-def test_resume_equals_an_uninterrupted_run(stop_at):
+def test_resume_equals_an_uninterrupted_run(stop_at, tmp_path):
     config = tiny()
     whole, _, full = collect(config)
     first, checkpoint, _ = collect(config, stop_at=stop_at)
     # Round-trip the checkpoint through torch.save like a real checkpoint directory.
-    checkpoint = torch.load(_save(checkpoint), weights_only=False)
+    torch.save(checkpoint, tmp_path / "state.pt")
+    checkpoint = torch.load(tmp_path / "state.pt", weights_only=False)
     rest, _, resumed = collect(config, checkpoint=checkpoint)
     joined = first + rest
     assert [(e.phase, e.step) for e in joined] == [(e.phase, e.step) for e in whole]
@@ -70,14 +71,6 @@ def test_resume_equals_an_uninterrupted_run(stop_at):
             assert same(a.metrics[key], b.metrics[key]), (a.phase, a.step, key)
     assert full.metrics.keys() == resumed.metrics.keys()
     assert all(same(full.metrics[k], resumed.metrics[k]) for k in full.metrics)
-
-
-def _save(checkpoint, _dir=[]):
-    import tempfile
-
-    path = tempfile.mktemp(suffix=".pt")
-    torch.save(checkpoint, path)
-    return path
 
 
 def test_a_tiny_trial_learns_above_chance_and_reports_every_metric():
