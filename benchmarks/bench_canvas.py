@@ -19,14 +19,14 @@ where is read back from its canvases (the item under each returned centre is mat
 training set), so the baseline does not reimplement the library's sampling. Before timing, the
 two batches are checked equal up to the uint8 rounding of the PIL images (half a grey level).
 
-The contenders alternate in rounds (who goes first alternates too), each round running each one
+The contenders alternate in rounds (who goes first alternates too), each round calling each one
 for about `--round-s` seconds; the medians of the per-batch times give the ratio, so machine
 noise hits both alike. A third line times the library's paste alone (`Renderer`, no drawing).
 The PIL pipeline runs on one thread whatever `--threads` says; the library uses the threads.
 
 Run (from the repository root):
-    .venv/bin/python benchmarks/bench_canvas.py            # ~20 s on 2 CPU cores
-    .venv/bin/python benchmarks/bench_canvas.py --quick    # ~2 s, a smoke check
+    .venv/bin/python benchmarks/bench_canvas.py            # ~25 s on 2 CPU cores
+    .venv/bin/python benchmarks/bench_canvas.py --quick    # ~6 s, a smoke check
 The last line is `bench_canvas: <PIL time / library time>x`.
 """
 
@@ -59,27 +59,23 @@ def side_by_side(
     round_s: float,
     device: torch.device,
 ) -> dict[str, list[float]]:
-    """Seconds per call of each contender, one figure per round; the contenders alternate
-    within every round, and which goes first alternates between rounds."""
-    repeats = {}
-    for name, fn in contenders.items():  # warm up, then size each round to about round_s
+    """Seconds per call of each contender, one figure per round in which it is called for about
+    `round_s` seconds; the contenders alternate within every round, and which goes first
+    alternates between rounds."""
+    for fn in contenders.values():  # warm up
         fn()
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        repeats[name] = max(1, round(round_s / max(time.perf_counter() - start, 1e-7)))
     times: dict[str, list[float]] = {name: [] for name in contenders}
     order = list(contenders)
     for r in range(rounds):
         for name in order if r % 2 == 0 else order[::-1]:
-            fn, n = contenders[name], repeats[name]
+            fn, calls = contenders[name], 0
             sync(device)
             start = time.perf_counter()
-            for _ in range(n):
+            while time.perf_counter() - start < round_s:
                 fn()
+                calls += 1
             sync(device)
-            times[name].append((time.perf_counter() - start) / n)
+            times[name].append((time.perf_counter() - start) / calls)
     return times
 
 
@@ -128,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=11)
-    parser.add_argument("--round-s", type=float, default=0.5, help="seconds per contender/round")
+    parser.add_argument("--rounds", type=int, default=31)
+    parser.add_argument("--round-s", type=float, default=0.2, help="seconds per contender/round")
     parser.add_argument("--quick", action="store_true", help="3 short rounds: a smoke check")
     args = parser.parse_args(argv)
     if args.quick:

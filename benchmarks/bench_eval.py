@@ -6,9 +6,9 @@ probe layer: conv1-4, fc1, logits), the accuracy at every centre and per layer t
 between each item's activations at the trained centre and at the grid centre, for the same item
 (I) and for an other-class partner (D):
 
-  library  `transinv.evaluation.evaluate_grid`: whole centres batched together (512 canvases
-           per forward pass), canvases pasted by `Renderer`, activations captured flattened in
-           memory order, both cosines of a layer from one batched matmul.
+  library  `transinv.evaluation.evaluate_grid`: whole centres batched together (`eval_batch`
+           canvases per forward pass: 512 at 64 px), canvases pasted by `Renderer`, activations
+           captured flattened in memory order, both cosines of a layer from one batched matmul.
   loop     what a straightforward implementation does: for each centre, paste the 64 items
            there (one slice assignment), forward with forward hooks on the probe layers, and per
            layer `F.cosine_similarity` against the reference activations (same item; partner
@@ -19,23 +19,28 @@ between each item's activations at the trained centre and at the grid centre, fo
 The net is the trainer's own (`initial_state`, then `begin_finetune`), freshly initialised: the
 work per evaluation does not depend on the weights.
 
-Before timing, both are checked to give the same numbers: accuracy and I and D of every layer
-within 1e-4 at every centre the loop covers. A loop over all 169 centres costs as much as the
-library's whole grid, so by default the loop runs on 3 of the 13 grid rows (39 centres) and its
-time is extrapolated to the full grid per forward pass: full = measured * (169 + 1) / (39 + 1),
-the + 1 being the reference forward pass at the trained centre that both make once. The library
-always runs the full grid. They alternate in rounds (who goes first alternates too), and the
-medians give the ratio, so machine noise hits both alike.
+Before timing, both are checked to give the same numbers on 3 of the 13 grid rows: accuracy
+and I and D of every layer within 1e-4 at every centre (all 169 are checked again after timing).
+
+Timing goes row by row so that the contenders alternate every second or two, not every 10 s, and
+load bursts from other processes hit both alike: each round gives both contenders the same grid
+row (13 centres: `evaluate_grid` on a one-row `TestGrid`, the loop on its 13 centres), who goes
+first alternating; `--passes` passes cover the whole grid each. The medians of the per-row times
+give the ratio. Per row, both also make their one reference forward pass at the trained centre
+(1 pass of 64 canvases in 14 for both), so a row costs each about 14/13 of its share of a
+full-grid evaluation. For reference, one `evaluate_grid` call on the whole grid is timed at the
+end (a single figure, not side by side) and its numbers are checked against the loop's.
 
 Run (from the repository root):
-    .venv/bin/python benchmarks/bench_eval.py            # ~80 s on 2 CPU cores
-    .venv/bin/python benchmarks/bench_eval.py --quick    # ~6 s, a smoke check (16 items, 4 x 4)
-The last line is `bench_eval: <loop time / library time, full grid>x`.
+    .venv/bin/python benchmarks/bench_eval.py            # ~50 s on 2 idle CPU cores
+    .venv/bin/python benchmarks/bench_eval.py --quick    # ~8 s, a smoke check (16 items, 4 x 4)
+The last line is `bench_eval: <loop time / library time, per grid row>x`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -48,7 +53,12 @@ from torch import nn
 
 from transinv.canvas import Renderer
 from transinv.config import from_flat
-from transinv.evaluation import GridResult, evaluate_grid, other_class_partner
+from transinv.evaluation import (
+    GridResult,
+    eval_batch,
+    evaluate_grid,
+    other_class_partner,
+)
 from transinv.trainer import (
     begin_finetune,
     build_setup,
@@ -145,21 +155,13 @@ def largest_difference(
     }
 
 
-def side_by_side(
-    contenders: dict[str, Callable[[], object]], rounds: int, device: torch.device
-) -> dict[str, list[float]]:
-    """Seconds per call of each contender, one call per round; contenders alternate within
-    every round, and which goes first alternates between rounds."""
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    order = list(contenders)
-    for r in range(rounds):
-        for name in order if r % 2 == 0 else order[::-1]:
-            sync(device)
-            start = time.perf_counter()
-            contenders[name]()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
-    return times
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of `fn` takes."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -168,14 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--items", type=int, default=64, help="eval.items")
     parser.add_argument("--grid-step", type=float, default=0.0625, help="eval.grid_step")
-    parser.add_argument(
-        "--rows", type=int, default=3, help="grid rows the loop runs on (0: all of them)"
-    )
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="16 items, 4 x 4 grid, 2 rounds")
+    parser.add_argument("--passes", type=int, default=2, help="timed passes over the grid")
+    parser.add_argument("--quick", action="store_true", help="16 items, 4 x 4 grid, 1 pass")
     args = parser.parse_args(argv)
     if args.quick:
-        args.items, args.grid_step, args.rows, args.rounds = 16, 0.25, 0, 2
+        args.items, args.grid_step, args.passes = 16, 0.25, 1
 
     config = from_flat(
         {
@@ -196,19 +195,30 @@ def main(argv: list[str] | None = None) -> None:
     items, labels = data.eval_items, data.eval_labels
 
     gy, gx = len(grid.ys), len(grid.xs)
-    n_rows = gy if args.rows <= 0 else min(args.rows, gy)
-    rows = np.unique(np.linspace(0, gy - 1, n_rows).round().astype(int))
-    centres = [(int(x), int(y)) for y in grid.ys[rows] for x in grid.xs]
-    full, part = gy * gx, len(centres)
+    row_grids = [dataclasses.replace(grid, ys=grid.ys[[r]]) for r in range(gy)]
+    row_centres = [[(int(x), int(y)) for x in grid.xs] for y in grid.ys]
+    library_rows: dict[int, GridResult] = {}
+    loop_rows: dict[int, tuple] = {}
+    row = 0
 
-    def library() -> GridResult:
-        return evaluate_grid(net, items, labels, grid, data.render, layers, device=device)
+    def library() -> None:
+        library_rows[row] = evaluate_grid(
+            net, items, labels, row_grids[row], data.render, layers, device=device
+        )
 
-    def loop() -> tuple:
-        return per_location(net, items, labels, centres, grid.trained, data.render, layers, device)
+    def loop() -> None:
+        loop_rows[row] = per_location(
+            net, items, labels, row_centres[row], grid.trained, data.render, layers, device
+        )
 
-    # Same numbers first (this also warms both up).
-    diff = largest_difference(library(), rows, loop())
+    # Same numbers first, on 3 rows (this also warms both up).
+    checked = sorted({0, gy // 2, gy - 1})
+    diff = {"acc": 0.0, "I": 0.0, "D": 0.0}
+    for row in checked:
+        library()
+        loop()
+        d = largest_difference(library_rows[row], np.array([0]), loop_rows[row])
+        diff = {k: max(v, d[k]) for k, v in diff.items()}
     if max(diff.values()) > 1e-4:
         raise AssertionError(f"the loop's numbers differ from evaluate_grid's: {diff}")
 
@@ -220,32 +230,65 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"setup: {config.model.arch} ({data.items.num_classes}-way {config.finetune.dataset} "
         f"head), {len(items)} items, canvas {data.render.size} px, items "
-        f"{config.canvas.item_size} px, grid {gy} x {gx} = {full} centres (step {grid.step} "
+        f"{config.canvas.item_size} px, grid {gy} x {gx} = {gy * gx} centres (step {grid.step} "
         f"px), trained centre {grid.trained}, layers {', '.join(layers)}, channels_last"
     )
+    per_pass = max(1, eval_batch(data.render.size) // len(items)) * len(items)
     print(
-        f"checked on {part} centres (rows {rows.tolist()}): max |library - loop| acc "
-        f"{diff['acc']:.1e}, I {diff['I']:.1e}, D {diff['D']:.1e} (all layers; limit 1e-4)"
+        f"canvases per forward pass: library up to {per_pass} (eval_batch, whole centres), "
+        f"loop {len(items)} (one centre)"
     )
     print(
-        f"{args.rounds} rounds, alternating: library on all {full} centres, loop on {part}"
-        + ("" if part == full else f", extrapolated by ({full} + 1) / ({part} + 1)")
+        f"checked before timing on rows {checked} ({len(checked) * gx} centres): max "
+        f"|library - loop| acc {diff['acc']:.1e}, I {diff['I']:.1e}, D {diff['D']:.1e} "
+        "(all layers; limit 1e-4)"
     )
-    times = side_by_side({"library": library, "loop": loop}, args.rounds, device)
+    print(f"{args.passes} passes x {gy} rounds of one grid row ({gx} centres) each, alternating")
+    times: dict[str, list[float]] = {"library": [], "loop": []}
+    contenders = {"library": library, "loop": loop}
+    for i in range(args.passes * gy):
+        row = i % gy
+        # Who goes first alternates each round; with an odd row count, each row gets both orders
+        # over two passes.
+        for name in list(contenders) if i % 2 == 0 else list(contenders)[::-1]:
+            times[name].append(timed(contenders[name], device))
+
+    after = max(
+        max(largest_difference(library_rows[r], np.array([0]), loop_rows[r]).values())
+        for r in range(gy)
+    )
+    if after > 1e-4:
+        raise AssertionError(f"evaluate_grid's numbers differ from the loop's: {after}")
     median = {name: statistics.median(t) for name, t in times.items()}
-    scale = (full + 1) / (part + 1)
-    loop_full = median["loop"] * scale
-    for label, t, scaled, centres_run in (
-        ("evaluate_grid (batched)", times["library"], median["library"], full),
-        ("loop over centres", times["loop"], loop_full, part),
-    ):
-        per_centre = scaled / full
+    for label, name in (("evaluate_grid (batched)", "library"), ("loop over centres", "loop")):
+        t = times[name]
+        per_centre = median[name] / gx
         print(
-            f"  {label:24s} median {statistics.median(t):7.3f} s for {centres_run} centres "
-            f"(min {min(t):.3f}, max {max(t):.3f}); full grid {scaled:7.2f} s, "
-            f"{per_centre * 1e3:6.1f} ms/centre, {len(items) / per_centre:6.0f} canvases/s"
+            f"  {label:24s} median {median[name]:6.3f} s/row (min {min(t):.3f}, max "
+            f"{max(t):.3f}), {per_centre * 1e3:6.1f} ms/centre, "
+            f"{len(items) / per_centre:6.0f} canvases/s; whole grid ~{median[name] * gy:.1f} s"
         )
-    print(f"bench_eval: {loop_full / median['library']:.2f}x")
+
+    # For reference: one call on the whole grid, as the trainer makes it.
+    sync(device)
+    start = time.perf_counter()
+    whole = evaluate_grid(net, items, labels, grid, data.render, layers, device=device)
+    sync(device)
+    seconds = time.perf_counter() - start
+    whole_diff = max(
+        max(largest_difference(whole, np.array([r]), loop_rows[r]).values()) for r in range(gy)
+    )
+    if whole_diff > 1e-4:
+        raise AssertionError(f"evaluate_grid on the whole grid differs from the loop: {whole_diff}")
+    print(
+        f"all {gy * gx} centres checked after timing: max difference {after:.1e} (by rows), "
+        f"{whole_diff:.1e} (whole grid)"
+    )
+    print(
+        f"one evaluate_grid call on the whole grid (single, not side by side): {seconds:.2f} s, "
+        f"{seconds / (gy * gx) * 1e3:.1f} ms/centre"
+    )
+    print(f"bench_eval: {median['loop'] / median['library']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ All contenders train the default preset's pretraining phase (small_cnn, glyphs, 
 
 Why not time `run_trial` with a sparse schedule: it would still evaluate at the start and end of
 both phases, and one finetuning evaluation (every test item at every grid centre, all probe
-layers) costs as much as ~100 training steps here, so the figure would be about evaluation, which
-`bench_eval.py` measures on its own. Setup (loading items, building the net) happens once per
-trial and is not per-step cost either.
+layers) costs as much as over 100 training steps here, so the figure would be mostly evaluation,
+which `bench_eval.py` measures on its own. Setup (loading items, building the net) happens once
+per trial and is not per-step cost either.
 
 The headline (last line) is trainer / bare-on-the-fly steps/s: both make the same canvases the
 same way, so the ratio is the loop's own overhead. Trainer / bare-precomputed is printed too; it
@@ -28,7 +28,7 @@ Contenders alternate in rounds of `--steps` steps (who goes first alternates too
 of the per-round steps/s give the ratios, so machine noise hits all alike.
 
 Run (from the repository root):
-    .venv/bin/python benchmarks/bench_trainer.py            # ~75 s on 2 CPU cores
+    .venv/bin/python benchmarks/bench_trainer.py            # ~35 s on 2 CPU cores
     .venv/bin/python benchmarks/bench_trainer.py --quick    # ~8 s, a smoke check
 The last line is `bench_trainer: <trainer steps/s / bare on-the-fly steps/s>x`.
 """
@@ -106,10 +106,12 @@ def trainer_rounds(state: TrainState) -> Callable[[int], None]:
     return run
 
 
-def bare_model(arch: str, classes: int, channels: int, size: int, device: torch.device):
+def bare_model(
+    arch: str, classes: int, channels: int, size: int, lr: float, device: torch.device
+) -> tuple[nn.Module, torch.optim.Optimizer]:
     net = build_model(arch, classes, channels, size)
     net = net.to(device, memory_format=torch.channels_last).train()
-    return net, torch.optim.Adam(net.parameters(), lr=1e-3)
+    return net, torch.optim.Adam(net.parameters(), lr=lr)
 
 
 def bare_on_the_fly(net, optimizer, stream: CanvasStream, batch: int) -> Callable[[int], None]:
@@ -128,9 +130,12 @@ def bare_on_the_fly(net, optimizer, stream: CanvasStream, batch: int) -> Callabl
 def bare_precomputed(
     net, optimizer, batches: list[tuple[torch.Tensor, torch.Tensor]]
 ) -> Callable[[int], None]:
+    """Each step takes the next batch of the list: no batch is seen twice while timing."""
+    upcoming = iter(batches)
+
     def run(steps: int) -> None:
-        for i in range(steps):
-            images, labels = batches[i % len(batches)]
+        for _ in range(steps):
+            images, labels = next(upcoming)
             loss = nn.functional.cross_entropy(net(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -143,8 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=12, help="training steps per round")
+    parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=6, help="training steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per contender")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 2 steps: a smoke check")
     args = parser.parse_args(argv)
@@ -173,10 +178,11 @@ def main(argv: list[str] | None = None) -> None:
     # seed) with a generator of its own.
     seed = torch.Generator().manual_seed(data.stream.generator.initial_seed())
     stream = dataclasses.replace(data.stream, generator=seed)
-    net_fly, opt_fly = bare_model(config.model.arch, classes, c.channels, c.size, device)
-    net_pre, opt_pre = bare_model(config.model.arch, classes, c.channels, c.size, device)
+    lr = config.optim.lr
+    net_fly, opt_fly = bare_model(config.model.arch, classes, c.channels, c.size, lr, device)
+    net_pre, opt_pre = bare_model(config.model.arch, classes, c.channels, c.size, lr, device)
     batches = []
-    for _ in range(args.steps):
+    for _ in range(args.warmup + args.rounds * args.steps):
         images, labels, _ = stream.next_batch(batch)
         batches.append((images.contiguous(memory_format=torch.channels_last), labels))
 
@@ -204,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         "note: trainer and bare-on-the-fly make their canvases each step (next_batch); "
-        "bare-precomputed got them beforehand, in a list"
+        f"bare-precomputed got them beforehand, {len(batches)} batches in a list"
     )
     rates = side_by_side(contenders, args.rounds, args.steps, device)
     median = {name: statistics.median(r) for name, r in rates.items()}

@@ -11,9 +11,11 @@ import textwrap
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow import MlflowClient
 
+from study import cli
 from transinv import metrics
 from transinv.results import best_regimes, curves, load_runs
 
@@ -109,10 +111,18 @@ def home(tmp_path) -> Path:
     return tmp_path / "home"
 
 
-def test_study_tracks_every_trial_and_relaunch_redoes_nothing(tmp_path, tracking_uri, home):
-    space = write_space(tmp_path, "track", "pretrain.dataset: {choice: [none, glyphs]}", samples=2)
-    code, out = finish(driver(space, tracking_uri, home))
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tracking_uri):
+    """A two-trial study run to completion once; (space file, state dir)."""
+    tmp = tmp_path_factory.mktemp("track")
+    space = write_space(tmp, "track", "pretrain.dataset: {choice: [none, glyphs]}", samples=2)
+    code, out = finish(driver(space, tracking_uri, tmp / "home"))
     assert code == 0, out
+    assert "2 of 2 trials finished" in out
+    return space, tmp / "home"
+
+
+def test_study_tracks_every_trial_in_mlflow(finished, tracking_uri):
     runs = load_runs("track", tracking_uri)
     assert len(runs) == 2 and set(runs["status"]) == {"FINISHED"}
     assert runs["canvas.size"].dtype == "int64" and runs["optim.lr"].dtype == "float64"
@@ -127,6 +137,7 @@ def test_study_tracks_every_trial_and_relaunch_redoes_nothing(tmp_path, tracking
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["transinv.role"] == "study" and parent.info.status == "FINISHED"
     assert parent.data.tags["version.ray"] == "2.60.0"
+    assert any(a.path == "track.yaml" for a in client.list_artifacts(parent.info.run_id))
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"forgetting.png", "invariance_by_layer.png", "final_grid.json"} <= artifacts
     assert any(a.path == "images" for a in client.list_artifacts(run.info.run_id))
@@ -134,11 +145,92 @@ def test_study_tracks_every_trial_and_relaunch_redoes_nothing(tmp_path, tracking
     table = best_regimes(runs, metrics.ACC_UNTRAINED, by=["pretrain.dataset"])
     assert set(table["pretrain.dataset"]) == {"none", "glyphs"} and set(table["n"]) == {1}
 
-    started = time.monotonic()
+
+def test_relaunching_a_finished_study_redoes_nothing(finished, tracking_uri):
+    space, home = finished
+
+    def snapshot():  # repr: NaN metrics compare equal
+        return {r.info.run_id: repr(sorted(r.data.metrics.items()))
+                for r in trial_runs(tracking_uri, "track")}  # fmt: skip
+
+    before = snapshot()
     code, out = finish(driver(space, tracking_uri, home))
     assert code == 0, out
-    assert len(trial_runs(tracking_uri, "track")) == 2
-    assert time.monotonic() - started < 60
+    assert snapshot() == before
+
+
+def test_query_commands_answer_from_mlflow(finished, tracking_uri, tmp_path, capsys, monkeypatch):
+    _, home = finished
+    monkeypatch.setenv("TRANSINV_HOME", str(home))
+    metric = metrics.ACC_UNTRAINED
+    assert cli.main(["best", "track", "--metric", metric, "--tracking-uri", tracking_uri]) == 0
+    best = capsys.readouterr().out
+    assert "pretrain.dataset" in best and "glyphs" in best and "mean" in best
+    assert cli.main(["status", "track", "--tracking-uri", tracking_uri]) == 0
+    assert '"FINISHED": 2' in capsys.readouterr().out
+    assert cli.main(["list", "--tracking-uri", tracking_uri]) == 0
+    assert "track" in capsys.readouterr().out
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert cli.main(["export-optuna", "track", "--storage-url", url]) == 0
+    exported = optuna.load_study(study_name="track", storage=url)
+    assert len(exported.trials) == 2
+    assert {t.params["pretrain.dataset"] for t in exported.trials} == {"none", "glyphs"}
+    assert cli.main(["best", "nosuch", "--metric", metric, "--tracking-uri", tracking_uri]) == 2
+
+
+def test_dry_run_lists_grid_trials_without_ray(tmp_path, capsys):
+    space = write_space(
+        tmp_path, "dry", "optim.lr: {grid: [0.001, 0.01]}\nseed: {grid: [0, 1, 2]}",
+        sampler="grid", samples=2,
+    )  # fmt: skip
+    assert cli.main(["run", str(space), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "12 trials" in out and out.count("optim.lr=") == 12  # the grid, twice
+
+
+def test_interrupted_study_exits_nonzero_and_resumes(tmp_path, tracking_uri, home):
+    space = write_space(
+        tmp_path, "sigint", "optim.lr: {loguniform: [0.001, 0.01]}",
+        samples=2, pretrain_steps=200, finetune_steps=100,
+    )  # fmt: skip
+    proc = driver(space, tracking_uri, home)
+    wait_for(lambda: any(metrics.PRETRAIN_ACC in r.data.metrics
+                         for r in trial_runs(tracking_uri, "sigint")))  # fmt: skip
+    os.kill(proc.pid, signal.SIGINT)
+    code, out = finish(proc)
+    assert code == 130 and "to resume" in out, out
+    assert {r.info.status for r in trial_runs(tracking_uri, "sigint")} <= {"KILLED", "FINISHED"}
+    kill_group(proc)  # what the interrupted driver left of its local Ray
+
+    code, out = finish(driver(space, tracking_uri, home))
+    assert code == 0, out
+    runs = trial_runs(tracking_uri, "sigint")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_killed_trial_worker_is_retried_into_the_same_run(tmp_path, tracking_uri, home):
+    space = write_space(
+        tmp_path, "worker", "optim.lr: {loguniform: [0.001, 0.01]}",
+        samples=1, pretrain_steps=200, finetune_steps=60,
+    )  # fmt: skip
+    proc = driver(space, tracking_uri, home)
+
+    def worker_pid():
+        for run in trial_runs(tracking_uri, "worker"):
+            if metrics.PRETRAIN_ACC in run.data.metrics and "transinv.pid" in run.data.tags:
+                return int(run.data.tags["transinv.pid"])
+        return None
+
+    pid = wait_for(worker_pid)
+    os.kill(pid, signal.SIGKILL)
+    code, out = finish(proc)
+    assert code == 0, out
+    runs = trial_runs(tracking_uri, "worker")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert int(runs[0].data.tags["transinv.pid"]) != pid  # the retry ran in a new worker
+    long = curves(load_runs("worker", tracking_uri), [metrics.PRETRAIN_LOSS])
+    assert not long.duplicated(["run_id", "key", "step"]).any()
+    assert long["step"].max() == 200
 
 
 def test_killed_driver_resumes_without_duplicate_runs(tmp_path, tracking_uri, home):

@@ -17,9 +17,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -209,17 +211,24 @@ class Tracker:
             self.client.log_batch(run_id, params=chunk)
 
     def log_metrics(
-        self, run_id: str, values: Mapping[str, float], step: int, timestamp_ms: int | None = None
+        self,
+        run_id: str,
+        values: Mapping[str, float],
+        step: int,
+        tags: Mapping[str, Any] | None = None,
     ) -> None:
-        """All values at one step, in as few calls as the server's limits allow."""
-        now = timestamp_ms or int(time.time() * 1000)
+        """All values at one step (and tags), in as few calls as the server's limits allow:
+        one call for an evaluation of the small preset."""
+        now = int(time.time() * 1000)
         entries = [
             Metric(k, float(v), now, step)
             for k, v in values.items()
             if v is not None and not (isinstance(v, float) and math.isinf(v))
         ]
-        for chunk in _chunks(entries, MAX_METRICS_PER_CALL):
-            self.client.log_batch(run_id, metrics=chunk)
+        tag_entries = [RunTag(k, _param_value(v)) for k, v in (tags or {}).items()]
+        chunks = list(_chunks(entries, MAX_METRICS_PER_CALL)) or [[]]
+        for i, chunk in enumerate(chunks):
+            self.client.log_batch(run_id, metrics=chunk, tags=tag_entries if i == 0 else [])
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         entries = [RunTag(k, _param_value(v)) for k, v in tags.items()]
@@ -241,6 +250,53 @@ class Tracker:
 
     def log_file(self, run_id: str, path: Path, artifact_dir: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_dir)
+
+
+class TrackingQueue:
+    """Tracking calls run in order on one background thread, so training never waits on the
+    server. Call numbers let a checkpoint tell which submitted calls the server has confirmed
+    (`completed`); a failed call is re-raised on the next `submit` or `flush`."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self._submitted = 0
+        self._completed = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="tracking", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            number, fn, args, kwargs = self._queue.get()
+            try:
+                if self._error is None:
+                    fn(*args, **kwargs)
+            except BaseException as exc:  # kept for the training thread to raise
+                self._error = exc
+            finally:
+                self._completed = number
+                self._queue.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise TrackingError(f"tracking failed: {self._error}") from self._error
+
+    def submit(self, fn: Any, *args: Any, **kwargs: Any) -> int:
+        """Queue `fn(*args, **kwargs)`; returns its call number."""
+        self._raise()
+        self._submitted += 1
+        self._queue.put((self._submitted, fn, args, kwargs))
+        return self._submitted
+
+    @property
+    def completed(self) -> int:
+        """Calls 1..completed have run (in order)."""
+        return self._completed
+
+    def flush(self) -> None:
+        """Wait for every queued call; raise the first failure."""
+        self._queue.join()
+        self._raise()
 
 
 # ---------------------------------------------------------------------------------------------
