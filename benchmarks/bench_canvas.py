@@ -22,11 +22,14 @@ two batches are checked equal up to the uint8 rounding of the PIL images (half a
 The contenders alternate in rounds (who goes first alternates too), each round calling each one
 for about `--round-s` seconds; the medians of the per-batch times give the ratio, so machine
 noise hits both alike. A third line times the library's paste alone (`Renderer`, no drawing).
-The PIL pipeline runs on one thread whatever `--threads` says; the library uses the threads.
+The PIL pipeline runs on one thread whatever `--threads` says; the library uses the threads. When
+other processes keep the same cores busy, the library's small two-thread ops stall on descheduled
+workers (measured: 0.3 ms a batch became 1-40 ms), while on one thread they do not: compare
+`--threads 1` before reading a low ratio as slow pasting.
 
 Run (from the repository root):
-    .venv/bin/python benchmarks/bench_canvas.py            # ~25 s on 2 CPU cores
-    .venv/bin/python benchmarks/bench_canvas.py --quick    # ~6 s, a smoke check
+    .venv/bin/python benchmarks/bench_canvas.py          # ~25 s on 2 idle CPU cores, more if busy
+    .venv/bin/python benchmarks/bench_canvas.py --quick  # ~6 s, a smoke check
 The last line is `bench_canvas: <PIL time / library time>x`.
 """
 

@@ -32,8 +32,8 @@ full-grid evaluation. For reference, one `evaluate_grid` call on the whole grid 
 end (a single figure, not side by side) and its numbers are checked against the loop's.
 
 Run (from the repository root):
-    .venv/bin/python benchmarks/bench_eval.py            # ~50 s on 2 idle CPU cores
-    .venv/bin/python benchmarks/bench_eval.py --quick    # ~8 s, a smoke check (16 items, 4 x 4)
+    .venv/bin/python benchmarks/bench_eval.py          # ~45 s on 2 idle CPU cores, more if busy
+    .venv/bin/python benchmarks/bench_eval.py --quick  # ~8 s, a smoke check (16 items, 4 x 4)
 The last line is `bench_eval: <loop time / library time, per grid row>x`.
 """
 

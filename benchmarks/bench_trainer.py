@@ -28,8 +28,8 @@ Contenders alternate in rounds of `--steps` steps (who goes first alternates too
 of the per-round steps/s give the ratios, so machine noise hits all alike.
 
 Run (from the repository root):
-    .venv/bin/python benchmarks/bench_trainer.py            # ~35 s on 2 CPU cores
-    .venv/bin/python benchmarks/bench_trainer.py --quick    # ~8 s, a smoke check
+    .venv/bin/python benchmarks/bench_trainer.py          # ~35 s on 2 idle CPU cores, more if busy
+    .venv/bin/python benchmarks/bench_trainer.py --quick  # ~8 s, a smoke check
 The last line is `bench_trainer: <trainer steps/s / bare on-the-fly steps/s>x`.
 """
 

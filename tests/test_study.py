@@ -96,6 +96,12 @@ def trial_runs(uri: str, study: str) -> list:
     return client.search_runs([exp.experiment_id], "tags.`transinv.role` = 'trial'")
 
 
+def progress(run) -> tuple[str, int]:
+    """(phase, step) of a trial run's latest evaluation, from its progress tag."""
+    phase, _, step = run.data.tags.get("transinv.progress", " -1").partition(" ")
+    return phase, int(step)
+
+
 def wait_for(predicate, timeout: float = 120, every: float = 0.3):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -188,24 +194,42 @@ def test_dry_run_lists_grid_trials_without_ray(tmp_path, capsys):
     assert "12 trials" in out and out.count("optim.lr=") == 12  # the grid, twice
 
 
-def test_interrupted_study_exits_nonzero_and_resumes(tmp_path, tracking_uri, home):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_study_exits_nonzero_and_resumes(tmp_path, tracking_uri, home, signum):
+    """Ctrl-C (SIGINT) and SIGTERM both stop the study resumably: in-flight trials continue
+    from their checkpoints on relaunch."""
+    name = f"sig{int(signum)}"
     space = write_space(
-        tmp_path, "sigint", "optim.lr: {loguniform: [0.001, 0.01]}",
+        tmp_path, name, "optim.lr: {loguniform: [0.001, 0.01]}",
         samples=2, pretrain_steps=200, finetune_steps=100,
     )  # fmt: skip
     proc = driver(space, tracking_uri, home)
-    wait_for(lambda: any(metrics.PRETRAIN_ACC in r.data.metrics
-                         for r in trial_runs(tracking_uri, "sigint")))  # fmt: skip
-    os.kill(proc.pid, signal.SIGINT)
+
+    def past_step_40(run) -> bool:
+        phase, step = progress(run)
+        return phase == "finetune" or (phase == "pretrain" and step >= 40)
+
+    wait_for(lambda: any(past_step_40(r) for r in trial_runs(tracking_uri, name)))
+    time.sleep(2)  # let the driver register the checkpoint it has been sent
+    os.kill(proc.pid, signum)
     code, out = finish(proc)
     assert code == 130 and "to resume" in out, out
-    assert {r.info.status for r in trial_runs(tracking_uri, "sigint")} <= {"KILLED", "FINISHED"}
+    interrupted = trial_runs(tracking_uri, name)
+    assert {r.info.status for r in interrupted} <= {"KILLED", "FINISHED"}
     kill_group(proc)  # what the interrupted driver left of its local Ray
 
     code, out = finish(driver(space, tracking_uri, home))
     assert code == 0, out
-    runs = trial_runs(tracking_uri, "sigint")
+    runs = trial_runs(tracking_uri, name)
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    # Resumed, not restarted: step 0 of pretraining was logged once per run.
+    long = curves(load_runs(name, tracking_uri), [metrics.PRETRAIN_ACC])
+    assert not long.duplicated(["run_id", "key", "step"]).any()
+    for run in interrupted:
+        history = MlflowClient(tracking_uri).get_metric_history(
+            run.info.run_id, metrics.PRETRAIN_ACC
+        )
+        assert [m.step for m in history].count(0) == 1
 
 
 def test_killed_trial_worker_is_retried_into_the_same_run(tmp_path, tracking_uri, home):

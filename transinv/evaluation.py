@@ -18,10 +18,11 @@ from transinv import metrics
 from transinv.canvas import Renderer
 from transinv.regimes import uniform_int, valid_range
 
-EVAL_PIXELS = 512 * 64 * 64
-"""Canvas pixels per forward pass during evaluation: 512 canvases of 64 px amortise the call
-overhead on 2 CPU cores; at 224 px the same budget (42 canvases) keeps a VGG's first-block
-activations within a few GB."""
+EVAL_PIXELS = 64 * 64 * 64
+"""Canvas pixels per forward pass during evaluation: 64 canvases of 64 px. Larger passes were
+slower on 2 CPU cores (benchmarks/bench_eval.py: 512 canvases per pass took 1.8x longer, the
+allocator mapping and unmapping their activations every time); at 224 px the same budget is 5
+canvases, which keeps a VGG's first-block activations small."""
 
 
 def eval_batch(size: int) -> int:
