@@ -1,6 +1,6 @@
 """Run one trial (pretrain -> finetune -> final evaluation) in this process, without Ray or MLflow.
 
-    python -m transinv                                  # small preset, 3000 + 1000 steps: ~6 min
+    python -m transinv                                  # small preset, 3000 + 1000 steps: ~5 min
     python -m transinv model.arch=small_cnn pretrain.dataset=none finetune.steps=300
     python -m transinv --keys                           # every key with its type and default
     python -m transinv pretrain.steps=200 finetune.steps=100 --json out.json

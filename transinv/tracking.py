@@ -45,6 +45,7 @@ TAG_DIGEST = "transinv.space_digest"
 TAG_TRIAL = "ray.trial_id"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_ERROR = "transinv.error"
+EXPERIMENT_KIND = "mlflow.experimentKind"
 
 
 class TrackingError(RuntimeError):
@@ -125,7 +126,10 @@ class Tracker:
                 self.client.restore_experiment(found.experiment_id)
             return found.experiment_id
         try:
-            return self.client.create_experiment(study)
+            # The UI opens experiments of this kind on their runs table, not the GenAI view.
+            return self.client.create_experiment(
+                study, tags={EXPERIMENT_KIND: "custom_model_development"}
+            )
         except Exception:  # another process created it meanwhile
             found = self.client.get_experiment_by_name(study)
             if found is None:
