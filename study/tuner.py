@@ -208,8 +208,9 @@ def make_tuner(spec: StudySpec, context: StudyContext, storage: str, resume: boo
             name=spec.name,
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=2),
-            # One checkpoint per evaluation; keeping two avoids Tune's snapshot warnings.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # One checkpoint per evaluation. Keeping 4: after a kill -9 the last experiment
+            # snapshot can name a checkpoint older than the newest two (seen with 2).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
             callbacks=[RunCloser(context.tracking_uri, spec.name)],
             verbose=1,
         ),
