@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -82,29 +81,26 @@ def tracking(uri: str | None, port: int | None = None) -> Iterator[str]:
         info.unlink(missing_ok=True)
 
 
-def _probe(address: str, timeout_s: float = 5.0) -> None:
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
-            return
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"Ray at {address} does not answer ({exc}); start it with `ray start --head`, "
-            "or omit --address to run on local Ray"
-        ) from exc
-
-
-def connect_ray(address: str | None) -> None:
-    """Local Ray sized to this machine, or the cluster at `address`."""
+def connect_ray(
+    address: str | None, storage: str | None = None, tracking_uri: str | None = None
+) -> None:
+    """Local Ray sized to this machine, or the cluster at `address` once `study.connect` has
+    checked, within 30 s, that it answers, accepts this driver's auth, shares `storage` across
+    its nodes and reaches `tracking_uri` from each of them."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("RAY_ADDRESS")
     if address and address != "local":
-        _probe(address)
+        from study.connect import check_cluster
+
+        print(check_cluster(address, storage, tracking_uri), flush=True)
         ray.init(address=address, log_to_driver=True)
         return
     ray.init(
+        # "local": a new instance even where `ray start` left a cluster address behind in
+        # /tmp/ray/ray_current_cluster, which ray.init() would otherwise join.
+        address="local",
         num_cpus=os.cpu_count(),
         include_dashboard=False,
         # Trials pass nothing large through the object store; Ray's default of 30% of RAM
@@ -125,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--storage {storage} must be an absolute shared path on a cluster")
     with tracking(args.tracking_uri) as uri:
         print(f"MLflow: {uri}/#/experiments (study {spec.name!r})", flush=True)
-        connect_ray(args.address)
+        connect_ray(args.address, storage, uri)
         from study.tuner import run_study
 
         outcome = run_study(spec, uri, storage, local_storage)
