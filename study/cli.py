@@ -6,6 +6,7 @@
     python -m study status smoke
     python -m study best smoke --metric finetune/acc_untrained --by pretrain.dataset
     python -m study export-optuna smoke --storage-url sqlite:///optuna.db
+    python -m study report claim5_forgetting --out reports/   # Markdown + figures from MLflow
 
 With no --tracking-uri (nor MLFLOW_TRACKING_URI), commands use a local MLflow server on
 127.0.0.1 whose runs and artifacts live in the state directory ($TRANSINV_HOME, default
@@ -112,32 +113,46 @@ def connect_ray(
 def cmd_run(args: argparse.Namespace) -> int:
     from study.space import load_space
 
-    spec = load_space(args.space)
+    # Every file is checked before anything starts: a typo in the fifth study of a set must
+    # not surface an hour in.
+    specs = [load_space(path) for path in args.space]
     if args.dry_run:
-        return _dry_run(spec)
+        return max(_dry_run(spec) for spec in specs)
     storage = args.storage or str(state_dir() / "ray_results")
     local_storage = "://" not in storage
     if args.address and local_storage and not Path(storage).is_absolute():
         raise ConfigError(f"--storage {storage} must be an absolute shared path on a cluster")
+    code = EXIT_OK
     with tracking(args.tracking_uri) as uri:
-        print(f"MLflow: {uri}/#/experiments (study {spec.name!r})", flush=True)
+        print(f"MLflow: {uri}/#/experiments", flush=True)
         connect_ray(args.address, storage, uri)
         from study.tuner import run_study
 
-        outcome = run_study(spec, uri, storage, local_storage)
-    print(
-        f"study {spec.name}: {outcome.finished} of {outcome.expected} trials finished, "
-        f"{outcome.errored} errored; results in {outcome.path}"
-    )
-    if not outcome.complete:
-        print(
-            f"interrupted: run `python -m study run {args.space}` again to resume",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
-    print(f"browse: python -m study ui   then open the study {spec.name!r}")
-    print(f"best:   python -m study best {spec.name} --metric {spec.objective}")
-    return EXIT_FAILED if outcome.errored else EXIT_OK
+        for path, spec in zip(args.space, specs, strict=True):
+            started = time.monotonic()
+            print(f"study {spec.name!r} from {path}", flush=True)
+            outcome = run_study(spec, uri, storage, local_storage)
+            print(
+                f"study {spec.name}: {outcome.finished} of {outcome.expected} trials finished, "
+                f"{outcome.errored} errored in {time.monotonic() - started:.0f} s; results in "
+                f"{outcome.path}",
+                flush=True,
+            )
+            if not outcome.complete:
+                print(
+                    f"interrupted: run `python -m study run {' '.join(args.space)}` again to "
+                    "resume",
+                    file=sys.stderr,
+                )
+                return EXIT_INTERRUPTED
+            if outcome.errored:
+                code = EXIT_FAILED
+    names = " ".join(spec.name for spec in specs)
+    print(f"browse: python -m study ui   then open the study {specs[0].name!r}")
+    print(f"best:   python -m study best {specs[0].name} --metric {specs[0].objective}")
+    if any(spec.report for spec in specs):
+        print(f"report: python -m study report {names}")
+    return code
 
 
 def _dry_run(spec) -> int:
@@ -145,7 +160,8 @@ def _dry_run(spec) -> int:
     from study.space import trial_config
     from study.tuner import expected_trials
 
-    print(f"study {spec.name}: {expected_trials(spec)} trials, sampler {spec.sampler}")
+    repeat = f", each suggestion over seeds 0-{spec.repeat - 1}" if spec.repeat > 1 else ""
+    print(f"study {spec.name}: {expected_trials(spec)} trials, sampler {spec.sampler}{repeat}")
     print(f"objective: {spec.mode} {spec.objective}; resources cpu={spec.cpu} gpu={spec.gpu}")
     if spec.sampler == "grid":
         import itertools
@@ -220,6 +236,19 @@ def cmd_best(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from transinv.report import build_report
+
+    with tracking(args.tracking_uri) as uri:
+        path = build_report(
+            args.studies, uri, args.out, args.analysis, log_to_mlflow=not args.no_log
+        )
+    print(f"report: {path}")
+    if not args.no_log:
+        print("logged to each study's parent run under report/")
+    return EXIT_OK
+
+
 def cmd_export_optuna(args: argparse.Namespace) -> int:
     from study.export import export_optuna
 
@@ -241,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("run", cmd_run, "run or resume a study from a search space file")
-    p.add_argument("space", help="search space YAML, e.g. search_spaces/smoke.yaml")
+    p.add_argument(
+        "space", nargs="+", help="search space YAML files, run in order (search_spaces/smoke.yaml)"
+    )
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)")
     p.add_argument("--storage", help="Tune storage: a shared path or URI (default: state dir)")
     p.add_argument("--dry-run", action="store_true", help="print the trials, run nothing")
@@ -257,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("max", "min"), default="max")
     p.add_argument("--where", action="append", help="constraint 'METRIC OP VALUE'")
     p.add_argument("--top", type=int, default=10)
+    p = add("report", cmd_report, "Markdown report with figures of finished studies")
+    p.add_argument("studies", nargs="+", metavar="STUDY")
+    p.add_argument("--out", default="reports", help="folder for report.md and figures")
+    p.add_argument("--analysis", nargs="+", help="analyses to run instead of the study file's")
+    p.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     p = add("export-optuna", cmd_export_optuna, "copy a study's Optuna trials to a storage")
     p.add_argument("study")
     p.add_argument("--storage", help="Tune storage the study ran in (default: state dir)")

@@ -43,6 +43,10 @@ TOP_KEYS = (
     "resources",
     "scheduler",
     "asha",
+    "repeat",
+    "pretrain_cache",
+    "report",
+    "base",
     "fixed",
     "space",
 )
@@ -186,6 +190,13 @@ class StudySpec:
     fixed: dict[str, Any]
     space: dict[str, Domain]
     raw: dict[str, Any]
+    report: tuple[str, ...] = ()
+    """Analyses `python -m study report` applies (names in `transinv.analyses.ANALYSES`)."""
+    repeat: int = 1
+    """Seeds per suggested regime (Optuna samplers): each suggestion runs as `repeat` trials
+    with seeds 0..repeat-1 and the searcher is told their mean."""
+    pretrain_cache: bool = True
+    """Trials share identical pretrainings through `<storage>/pretrain_cache`."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,6 +296,21 @@ def _digest(raw: dict[str, Any]) -> str:
         {"study": raw, "space_order": order}, sort_keys=True, separators=(",", ":"), default=str
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _base_fixed(f: _File, base: Any) -> list[tuple[Path, dict[str, Any]]]:
+    """The `fixed` block of the file `base` names (relative to the study file), which holds
+    nothing else: a budget shared by several studies."""
+    if base is None:
+        return []
+    f.check(isinstance(base, str) and base, "base", f"bad base {base!r}", "a YAML file name")
+    path = (f.path.parent / base).resolve()
+    f.check(path.is_file(), "base", f"base file {base!r} not found", f"looked for {path}")
+    raw = _read(path)
+    _File(path).mapping(raw, "", ("fixed",))
+    fixed = raw.get("fixed") or {}
+    _File(path).check(isinstance(fixed, dict), "fixed", f"bad fixed {fixed!r}", "{key: value}")
+    return [(path, fixed)]
 
 
 def _constraint(f: _File, text: Any, where: str) -> Constraint:
@@ -472,10 +498,45 @@ def load_space(path: str | Path) -> StudySpec:
     fixed_raw = raw.get("fixed") or {}
     f.check(isinstance(fixed_raw, dict), "fixed", f"bad fixed {fixed_raw!r}", "{key: value}")
     fixed: dict[str, Any] = {}
-    for key, value in fixed_raw.items():
-        f.config_key(key, f"fixed.{key}")
-        fixed[key] = cfg.parse_value(key, value, f.source(f"fixed.{key}"))
-        f.name_in_registry(key, fixed[key], f"fixed.{key}")
+    # A base file's keys are defaults: the study's own fixed keys and its space override them.
+    space_keys = set(raw.get("space") or {}) if isinstance(raw.get("space"), dict) else set()
+    sources = [
+        (_File(b), {k: v for k, v in b_fixed.items() if k not in space_keys})
+        for b, b_fixed in _base_fixed(f, raw.get("base"))
+    ]
+    for owner, entries in [*sources, (f, fixed_raw)]:
+        for key, value in entries.items():
+            owner.config_key(key, f"fixed.{key}")
+            fixed[key] = cfg.parse_value(key, value, owner.source(f"fixed.{key}"))
+            owner.name_in_registry(key, fixed[key], f"fixed.{key}")
+    if sources:
+        # The digest covers what the study runs, so editing the base file changes it too.
+        raw = {**raw, "fixed": {k: cfg.format_value(v) for k, v in fixed.items()}}
+
+    report = raw.get("report") or []
+    f.check(isinstance(report, list), "report", f"bad report {report!r}", "a list of analyses")
+    from transinv.analyses import ANALYSES
+
+    for i, analysis in enumerate(report):
+        f.one_of(analysis, f"report[{i}]", tuple(ANALYSES))
+    repeat = f.integer(raw.get("repeat", 1), "repeat", 1)
+    if repeat > 1:
+        f.check(sampler != "grid", "repeat", "repeat with search.sampler grid", "grid seed instead")
+        f.check(
+            samples % repeat == 0,
+            "samples",
+            f"samples {samples} is not a multiple of repeat {repeat}",
+            "samples counts trials: suggestions x repeat",
+        )
+    f.check(
+        "seed" not in fixed or repeat == 1, "fixed.seed", "seed fixed with repeat",
+        "repeat sets the seeds 0..repeat-1 itself",
+    )  # fmt: skip
+    pretrain_cache = raw.get("pretrain_cache", True)
+    f.check(
+        isinstance(pretrain_cache, bool), "pretrain_cache", f"bad value {pretrain_cache!r}",
+        "true or false",
+    )  # fmt: skip
 
     space_raw = raw.get("space") or {}
     f.check(isinstance(space_raw, dict), "space", f"bad space {space_raw!r}", "{key: domain}")
@@ -484,6 +545,12 @@ def load_space(path: str | Path) -> StudySpec:
     for i, (key, domain) in enumerate(space_raw.items()):
         f.config_key(key, f"space.{key}")
         f.check(key not in fixed, f"space.{key}", f"{key!r} is both fixed and in space", "keep one")
+        f.check(
+            key != "seed" or repeat == 1,
+            "space.seed",
+            "seed in space with repeat",
+            "repeat sets the seeds 0..repeat-1 itself",
+        )
         space[key] = _domain(f, key, domain, sampler, space, fixed, keys[i:])
     f.check(
         space or sampler == "grid",
@@ -510,6 +577,9 @@ def load_space(path: str | Path) -> StudySpec:
         fixed=fixed,
         space=space,
         raw=raw,
+        report=tuple(report),
+        repeat=repeat,
+        pretrain_cache=pretrain_cache,
     )
     _sanity_build(spec, f)
     return spec

@@ -21,6 +21,7 @@ from typing import Any
 import ray
 import torch
 from ray import tune
+from ray.tune.search.repeater import TRIAL_INDEX
 
 from study.space import StudySpec, active_params, trial_config
 from transinv import metrics
@@ -42,6 +43,8 @@ class StudyContext:
     spec: StudySpec
     tracking_uri: str
     parent_run_id: str
+    pretrain_cache: str = ""
+    """Folder of shared pretrainings (`run.pretrain_cache`), empty for none."""
 
 
 def _tune_metrics(evaluation: Evaluation, spec: StudySpec, pretrain_steps: int) -> dict[str, Any]:
@@ -64,10 +67,19 @@ def train(config: dict[str, Any], study: StudyContext) -> None:
     """The function trainable (use with `tune.with_parameters(train, study=...)`)."""
     spec = study.spec
     trial_id = tune.get_context().get_trial_id()
+    config = dict(config)
+    index = config.pop(TRIAL_INDEX, None)
     trial = trial_config(spec, config)
+    seeded = []
+    if index is not None:  # `repeat`: the n-th run of a suggestion is seed n
+        trial, seeded = replace(trial, seed=int(index)), ["seed"]
+    run = trial.run
     if "run.threads" not in spec.fixed:
         # Torch threads follow the trial's CPU share; Ray's resources only schedule.
-        trial = replace(trial, run=replace(trial.run, threads=max(1, int(spec.cpu))))
+        run = replace(run, threads=max(1, int(spec.cpu)))
+    if study.pretrain_cache and "run.pretrain_cache" not in spec.fixed:
+        run = replace(run, pretrain_cache=study.pretrain_cache)
+    trial = replace(trial, run=run)
     tracker = Tracker(study.tracking_uri)
 
     checkpoint_state, run_id, pending = None, None, []
@@ -82,7 +94,7 @@ def train(config: dict[str, Any], study: StudyContext) -> None:
         study.parent_run_id,
         trial_id,
         to_flat(trial),
-        tags={"transinv.params": ",".join(active_params(spec, config))},
+        tags={"transinv.params": ",".join([*active_params(spec, config), *seeded])},
         run_id=run_id,
     )
     # Where this attempt runs: a killed worker's retry shows up as a new pid (and node).
@@ -109,6 +121,7 @@ def train(config: dict[str, Any], study: StudyContext) -> None:
 
     try:
         result = run_trial(trial, on_eval, checkpoint_state)
+        tracker.set_tags(run_id, {"transinv.pretrain_cache": result.info["pretrain/cache"]})
         log.finish(result)
     except BaseException as exc:
         log.fail("".join(traceback.format_exception(exc)))

@@ -17,8 +17,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
 from study.space import (
@@ -56,9 +58,36 @@ class ConstrainedOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
-def optuna_study(searcher: OptunaSearch):
+class SeedRepeater(Repeater):
+    """Runs each suggestion once per seed (Ray's `__trial_index__`, mapped to `seed` by the
+    trainable) and tells the searcher the mean of every reported metric. Ray's own Repeater
+    passes on the objective alone, which would hide the constraint metrics from Optuna."""
+
+    def __init__(self, searcher: OptunaSearch, repeat: int):
+        super().__init__(searcher, repeat=repeat, set_index=True)
+        self._group_results: dict[str, list[dict[str, float]]] = {}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs: Any):
+        group = self._trial_id_to_group[trial_id]
+        numeric = {
+            k: float(v)
+            for k, v in (result or {}).items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        self._group_results.setdefault(group.primary_trial_id, []).append(numeric)
+        group.report(trial_id, numeric.get(self.searcher.metric, math.nan))
+        if group.finished_reporting():
+            rows = self._group_results.pop(group.primary_trial_id)
+            mean = {}
+            for key in set().union(*rows):
+                values = [r[key] for r in rows if key in r and not math.isnan(r[key])]
+                mean[key] = float(np.mean(values)) if values else math.nan
+            self.searcher.on_trial_complete(group.primary_trial_id, result=mean, **kwargs)
+
+
+def optuna_study(searcher: OptunaSearch | SeedRepeater):
     """The Optuna study inside Ray's searcher (a private attribute: read here only)."""
-    return searcher._ot_study
+    return getattr(searcher, "searcher", searcher)._ot_study
 
 
 def expected_trials(spec: StudySpec) -> int:
@@ -68,19 +97,21 @@ def expected_trials(spec: StudySpec) -> int:
     return spec.samples * math.prod(len(d.values) for d in spec.space.values())
 
 
-def build_search(spec: StudySpec) -> OptunaSearch | None:
-    """Optuna for tpe/gp/random; None for grid (Tune's own grid_search, no searcher)."""
+def build_search(spec: StudySpec) -> OptunaSearch | SeedRepeater | None:
+    """Optuna for tpe/gp/random (each suggestion repeated over `repeat` seeds); None for grid
+    (Tune's own grid_search, no searcher)."""
     if spec.sampler == "grid":
         return None
     # metric and mode go to the searcher itself: with a define-by-run space, Tune does not pass
     # TuneConfig's down through its concurrency limiter.
-    return ConstrainedOptunaSearch(
+    search = ConstrainedOptunaSearch(
         space=define_by_run(spec),
         metric=spec.objective,
         mode=spec.mode,
         sampler=build_sampler(spec),
         constraints=spec.constraints,
     )
+    return SeedRepeater(search, spec.repeat) if spec.repeat > 1 else search
 
 
 def build_scheduler(spec: StudySpec):
@@ -147,6 +178,9 @@ def open_parent_run(spec: StudySpec, tracker: Tracker) -> str:
             "objective": f"{spec.mode} {spec.objective}",
             "constraints": "; ".join(f"{c.metric} {c.op} {c.value}" for c in spec.constraints),
             "resources": f"cpu={spec.cpu} gpu={spec.gpu}",
+            "repeat": spec.repeat,
+            "report": ",".join(spec.report),
+            "pretrain_cache": spec.pretrain_cache,
         },
         tags={f"version.{k}": v for k, v in package_versions().items()},
     )
@@ -243,7 +277,9 @@ def run_study(
     experiment_dir = Path(storage) / spec.name
     resume = check_resumable(spec, experiment_dir) if local_storage else True
     parent = open_parent_run(spec, tracker)
-    context = StudyContext(spec, tracking_uri, parent)
+    # Shared by every study in the same storage, so studies reuse each other's pretrainings.
+    cache = str(Path(storage) / "pretrain_cache") if spec.pretrain_cache and local_storage else ""
+    context = StudyContext(spec, tracking_uri, parent, cache)
     tuner = make_tuner(spec, context, storage, resume)
     if local_storage:
         experiment_dir.mkdir(parents=True, exist_ok=True)

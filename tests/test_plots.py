@@ -14,7 +14,7 @@ from matplotlib.collections import PolyCollection, QuadMesh
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from transinv import plots
+from transinv import plots, study_plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 XS = YS = np.arange(8, 57, 4)  # the small preset's 13 x 13 grid
@@ -52,11 +52,20 @@ BUILDERS = {
     "forgetting_figure": lambda: plots.forgetting_figure(
         {"finetune/acc_untrained": {0: 0.2, 100: 0.5, 200: 0.4}}
     ),
-    "curves_with_bands": lambda: plots.curves_with_bands(
+    "curves_with_bands": lambda: study_plots.curves_with_bands(
         _long_curves(), "step", "value", "pretrain.translation"
     ),
-    "surface_heatmap": lambda: plots.surface_heatmap(
+    "surface_heatmap": lambda: study_plots.surface_heatmap(
         _long_curves(), "step", "pretrain.translation", "value"
+    ),
+    "condition_bars": lambda: study_plots.condition_bars(
+        _long_curves(), "step", "value", "pretrain.translation", chance=0.1
+    ),
+    "layer_profile": lambda: study_plots.layer_profile(
+        _long_curves().assign(layer=lambda f: "l" + f["step"].astype(str)),
+        "layer",
+        "value",
+        "pretrain.translation",
     ),
 }
 
@@ -207,7 +216,7 @@ def test_forgetting_figure_leaves_y_free_for_values_outside_zero_one():
 
 def test_curves_with_bands_band_covers_replicate_min_to_max():
     frame = _long_curves()
-    ax = plots.curves_with_bands(frame, "step", "value", "pretrain.translation").axes[0]
+    ax = study_plots.curves_with_bands(frame, "step", "value", "pretrain.translation").axes[0]
     bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
     assert len(bands) == 2
     for band, (_, rows) in zip(bands, frame.groupby("pretrain.translation"), strict=True):
@@ -222,13 +231,13 @@ def test_curves_with_bands_band_covers_replicate_min_to_max():
 
 def test_curves_with_bands_without_groups_drops_nan_rows():
     frame = pd.DataFrame({"x": [0, 0, 1, 1], "y": [0.2, 0.4, math.nan, 0.6]})
-    ax = plots.curves_with_bands(frame, "x", "y").axes[0]
+    ax = study_plots.curves_with_bands(frame, "x", "y").axes[0]
     assert list(ax.lines[0].get_ydata()) == pytest.approx([0.3, 0.6])
 
 
 def test_curves_with_bands_names_missing_columns():
     with pytest.raises(KeyError, match="nope"):
-        plots.curves_with_bands(_long_curves(), "step", "nope")
+        study_plots.curves_with_bands(_long_curves(), "step", "nope")
 
 
 def test_surface_heatmap_shows_cell_means():
@@ -239,7 +248,7 @@ def test_surface_heatmap_shows_cell_means():
             "acc": [0.2, 0.4, 0.1, 0.9, 0.5, 0.7],
         }
     )
-    fig = plots.surface_heatmap(frame, "finetune.steps", "pretrain.steps", "acc")
+    fig = study_plots.surface_heatmap(frame, "finetune.steps", "pretrain.steps", "acc")
     ax = fig.axes[0]
     # rows: pretrain.steps 0, 3000; columns: finetune.steps 10, 100
     expected = np.array([[0.3, 0.1], [0.9, 0.6]])
@@ -257,3 +266,26 @@ def test_grid_image_is_an_rgb_array_with_nan_grey():
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
     assert image.shape[0] == image.shape[1] == 13 * (256 // 13)
     assert tuple(image[0, 0]) == (128, 128, 128)
+
+
+def test_condition_bars_show_the_mean_and_every_replicate():
+    frame = pd.DataFrame({"arch": ["a"] * 3 + ["b"] * 3, "acc": [0.1, 0.2, 0.6, 0.9, 0.8, 1.0]})
+    ax = study_plots.condition_bars(frame, "arch", "acc").axes[0]
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches if isinstance(p, Rectangle))
+    assert heights == [0.3, 0.9]
+    dots = [line for line in ax.lines if line.get_marker() == "o"]
+    assert sorted(v for line in dots for v in line.get_ydata()) == sorted(frame["acc"])
+
+
+def test_layer_profile_keeps_layer_order_and_means():
+    frame = pd.DataFrame(
+        {
+            "layer": ["conv1", "fc1", "logits"] * 2,
+            "G": [0.0, 0.6, 0.4, 0.2, 0.8, 0.6],
+            "condition": ["whole"] * 6,
+        }
+    )
+    ax = study_plots.layer_profile(frame, "layer", "G", "condition").axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["conv1", "fc1", "logits"]
+    (line,) = [line for line in ax.lines if line.get_marker() == "o"]
+    assert np.allclose(line.get_ydata(), [0.1, 0.7, 0.5])

@@ -205,6 +205,20 @@ CASES = {
         changed(space__pretrain_DOT_translation={"uniform": [0.0, 2.0]}),
         ["space.pretrain.translation", "must be in [0, 1]"],
     ),
+    "unknown_analysis": (
+        changed(report=["forgeting"]),
+        ["report[0]", "unknown value 'forgeting'", "forgetting"],
+    ),
+    "repeat_with_grid": (
+        {**changed(search__sampler="grid", repeat=3), "space": {"seed": {"grid": [0, 1]}}},
+        ["repeat", "grid"],
+    ),
+    "repeat_not_dividing_samples": (changed(repeat=3), ["samples", "multiple of repeat 3"]),
+    "seed_in_space_with_repeat": (
+        changed(repeat=2, space__seed={"choice": [0, 1]}),
+        ["space.seed", "repeat"],
+    ),
+    "missing_base": (changed(base="nowhere.yaml"), ["base", "'nowhere.yaml' not found"]),
     "cross_key_first_values": (
         changed(
             fixed__finetune_DOT_dataset="glyphs",
@@ -433,3 +447,28 @@ def test_asha_settings_and_resources_are_read(tmp_path):
     assert spec.asha == {"grace_period": 25, "reduction_factor": 2.0}
     assert (spec.cpu, spec.gpu) == (0.5, 0.25)
     assert spec.space["eval.items"].log
+
+
+def test_base_file_supplies_fixed_keys_and_its_edits_change_the_digest(tmp_path):
+    base = tmp_path / "budget.yaml"
+    base.write_text("fixed: {pretrain.steps: 40, optim.batch_size: 8, model.arch: small_cnn}\n")
+    study = changed(base="budget.yaml")
+    spec = load_space(write(tmp_path, study))
+    assert spec.fixed["pretrain.steps"] == 40 and spec.fixed["optim.batch_size"] == 8
+    assert spec.fixed["model.arch"] == "tiny_cnn"  # the study's own fixed keys win
+    base.write_text("fixed: {finetune.steps: 60, optim.batch_size: 8}\n")
+    assert "finetune.steps" not in load_space(write(tmp_path, study)).fixed  # its space wins
+    base.write_text("fixed: {pretrain.steps: 60, optim.batch_size: 8}\n")
+    assert load_space(write(tmp_path, study)).digest != spec.digest
+    base.write_text("fixed: {finetune.stepz: 60}\n")
+    with pytest.raises(ConfigError, match="budget.yaml: fixed.finetune.stepz"):
+        load_space(write(tmp_path, study))
+
+
+def test_report_repeat_and_cache_settings_load(tmp_path):
+    study = changed(report=["transfer", "representations"], repeat=2, pretrain_cache=False)
+    spec = load_space(write(tmp_path, study))
+    assert spec.report == ("transfer", "representations")
+    assert (spec.repeat, spec.pretrain_cache) == (2, False)
+    defaults = load_space(write(tmp_path, BASE))
+    assert (defaults.report, defaults.repeat, defaults.pretrain_cache) == ((), 1, True)

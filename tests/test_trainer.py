@@ -137,3 +137,55 @@ def test_freezing_conv_keeps_conv_weights_fixed():
     run_trial(tiny(**{"finetune.freeze": "conv"}), grab)
     first, last = seen[0], seen[max(seen)]
     assert all(torch.equal(a, b) for a, b in zip(first, last, strict=True))
+
+
+def test_pretrain_cache_hit_finetunes_exactly_like_pretraining_again(tmp_path):
+    """A trial that loads a stored pretraining logs the same evaluations and ends with the same
+    metrics as one that pretrains itself; trials that differ only in finetuning share it."""
+    cache = {"run.pretrain_cache": str(tmp_path / "cache")}
+    alone, _, reference = collect(tiny(**{"finetune.freeze": "fc"}))
+    first, _, stored = collect(tiny(**cache))  # another finetuning of the same pretraining
+    assert stored.info["pretrain/cache"] == "miss"
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    replayed, _, loaded = collect(tiny(**cache, **{"finetune.freeze": "fc"}))
+    assert loaded.info["pretrain/cache"] == "hit"
+    assert [(e.phase, e.step) for e in replayed] == [(e.phase, e.step) for e in alone]
+    for a, b in zip(replayed, alone, strict=True):
+        assert all(same(a.metrics[k], b.metrics[k]) for k in b.metrics), (a.phase, a.step)
+    assert all(same(loaded.metrics[k], reference.metrics[k]) for k in reference.metrics)
+    assert reference.info["pretrain/cache"] == "off"
+
+
+def test_pretrain_cache_keys_on_pretraining_not_finetuning(tmp_path):
+    from transinv.pretrain_cache import pretrain_key
+
+    base = tiny()
+    assert pretrain_key(base) == pretrain_key(
+        tiny(**{"finetune.lr": 1e-4, "finetune.dataset": "mnist", "run.threads": 2})
+    )
+    for changed in ({"seed": 1}, {"optim.lr": 1e-4}, {"pretrain.regime": "left"}):
+        assert pretrain_key(tiny(**changed)) != pretrain_key(base), changed
+    # Translation over the whole valid range is `whole` itself; a smaller box is not.
+    translated = {"pretrain.regime": "translation", "pretrain.translation": 1.0}
+    assert pretrain_key(tiny(**translated)) == pretrain_key(base)
+    assert pretrain_key(tiny(**{**translated, "pretrain.translation": 0.5})) != pretrain_key(base)
+
+
+def test_translation_over_the_whole_canvas_trains_exactly_like_whole():
+    whole = run_trial(tiny(**{"finetune.steps": 10}))
+    translated = run_trial(
+        tiny(
+            **{"finetune.steps": 10, "pretrain.regime": "translation", "pretrain.translation": 1.0}
+        )
+    )
+    assert all(same(whole.metrics[k], translated.metrics[k]) for k in whole.metrics)
+
+
+def test_finetune_lr_overrides_the_pretraining_lr():
+    seen = {}
+
+    def grab(evaluation, state):
+        seen[evaluation.phase] = state.optimizer.param_groups[0]["lr"]
+
+    run_trial(tiny(**{"finetune.lr": 1e-4, "optim.lr": 1e-2}), grab)
+    assert seen == {"pretrain": 1e-2, "finetune": 1e-4}

@@ -84,6 +84,9 @@ class FinetuneConfig:
     classes: int = 0
     """As `pretrain.classes`, for the finetuning set."""
     steps: int = 1000
+    lr: float = 0.0
+    """Finetuning learning rate; 0 = `optim.lr` (so a study can vary it without changing the
+    pretraining)."""
     freeze: str = "none"
     """`none`, `conv` (conv layers frozen), `fc` (hidden FC layers frozen), `all_but_head`."""
     transfer: str = "all"
@@ -135,6 +138,9 @@ class RunConfig:
     """`auto` (CUDA when available), `cpu` or `cuda`."""
     threads: int = 0
     """Torch intra-op threads; 0 = the CPUs this process may use."""
+    pretrain_cache: str = ""
+    """Folder of pretrained networks shared between trials (`transinv/pretrain_cache.py`): a
+    trial whose pretraining matches a stored one finetunes from it. Empty = off."""
 
 
 @dataclass(frozen=True)
@@ -347,6 +353,7 @@ def validate(config: TrialConfig, source: str = "") -> None:
     need(config.pretrain.steps >= 0, "pretrain.steps", "must be >= 0")
     need(config.finetune.steps >= 0, "finetune.steps", "must be >= 0")
     need(config.optim.lr > 0, "optim.lr", "must be > 0")
+    need(config.finetune.lr >= 0, "finetune.lr", "must be >= 0 (0 = optim.lr)")
     need(config.optim.batch_size >= 1, "optim.batch_size", "must be >= 1")
     need(0.0 < config.stop.goal <= 1.0, "stop.goal", "must be in (0, 1]")
     need(config.stop.window >= 1, "stop.window", "must be >= 1")

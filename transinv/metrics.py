@@ -33,6 +33,8 @@ ACC_UNTRAINED = "finetune/acc_untrained"
 ACC_UNTRAINED_ALIGNED = "finetune/acc_untrained_aligned"
 ACC_UNTRAINED_UNALIGNED = "finetune/acc_untrained_unaligned"
 FRAC_UNTRAINED_GE_HALF = "finetune/frac_untrained_ge_0.5"
+CHANCE = "finetune/chance"
+"""1 / the number of finetuning classes."""
 TRANSFER_RATIO = "finetune/transfer_ratio"
 CONSISTENCY = "finetune/consistency"
 FORGETTING_PRETRAIN_ACC = "forgetting/pretrain_acc"
@@ -119,6 +121,7 @@ def grid_summary(
 
     acc_untrained = mean(untrained)
     return {
+        CHANCE: chance,
         ACC_TRAINED: acc_trained,
         ACC_UNTRAINED: acc_untrained,
         ACC_UNTRAINED_ALIGNED: mean(untrained & aligned),

@@ -1,5 +1,6 @@
-"""Figures of one trial and of a study: accuracy and G heatmaps over the canvas, invariance by
-layer, forgetting curves, seed bands and duration surfaces; plus `to_png` and `grid_image`.
+"""Figures of one trial: accuracy and G heatmaps over the canvas, invariance by layer and
+forgetting curves; plus `to_png`, `grid_image` and the styling the study figures
+(`study_plots.py`) share.
 
 Only matplotlib's object-oriented API (`Figure`, never pyplot): a figure carries no global
 backend state, so Ray workers and threads can draw at once. Every function returns a `Figure`;
@@ -368,94 +369,6 @@ def forgetting_figure(curves: Mapping[str, Mapping[int, float]], title: str = ""
         fontsize=8,
         ncol=1 if len(labels) > 4 else 2,
     )
-    return fig
-
-
-# ---------------------------------------------------------------------------------------------
-# Study figures from long tables (`results.curves`, `results.load_runs`).
-
-
-def curves_with_bands(
-    frame: pd.DataFrame, x: str, y: str, group: str | None = None, title: str = ""
-) -> Figure:
-    """Mean of `y` over replicates at each `x`, with a min-max band, one line per `group`.
-
-    frame: a long table, one row per replicate and x (e.g. `results.curves` joined with config
-    columns, filtered to one metric key; or `load_runs` for dose-response with x =
-    `pretrain.translation`). Every row at the same (group, x) is a replicate (seeds); NaN y
-    rows are left out. A step-like x that is log-spaced gets a symlog axis, as in
-    `forgetting_figure`.
-    """
-    _require_columns(frame, [x, y] + ([group] if group else []))
-    data = frame[frame[y].notna()]
-    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
-    ax = fig.subplots()
-    ax.set_title(_title(f"{y} vs {x}", title))
-    ax.set_xlabel(x)
-    ax.set_ylabel(f"{y} (mean, min-max band)")
-    if data.empty:
-        _no_data(ax, f"no finite {y}")
-        return fig
-
-    groups = [(None, data)] if group is None else list(data.groupby(group, dropna=False, sort=True))
-    numeric = group is not None and pd.api.types.is_numeric_dtype(data[group])
-    for n, (name, rows) in enumerate(groups):
-        stats = rows.groupby(x, sort=True)[y].agg(["mean", "min", "max", "count"])
-        xv = stats.index.to_numpy(dtype=np.float64)
-        if numeric and len(groups) > 1:
-            # Ordered levels (a dose, a learning rate) read best as an ordered colour ramp.
-            colour, style = colormaps["viridis"](0.85 * n / (len(groups) - 1)), "-"
-        else:
-            colour, style = _style(n)
-        replicates = int(stats["count"].max())
-        name = name[0] if isinstance(name, tuple) else name
-        label = f"n = {replicates}" if group is None else f"{group} = {name}  (n = {replicates})"
-        ax.fill_between(xv, stats["min"], stats["max"], color=colour, alpha=0.2, linewidth=0)
-        ax.plot(
-            xv,
-            stats["mean"],
-            color=colour,
-            linestyle=style,
-            marker="o" if len(xv) <= 20 else None,
-            markersize=4,
-            label=label,
-        )
-    if pd.api.types.is_numeric_dtype(data[x]):
-        _step_axis(ax, data[x].to_numpy(dtype=np.float64))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    return fig
-
-
-def surface_heatmap(frame: pd.DataFrame, x: str, y: str, value: str, title: str = "") -> Figure:
-    """Mean of `value` in each (x, y) cell (over seeds), as a heatmap with the means written in;
-    e.g. x = `finetune.steps`, y = `pretrain.steps`. Axes are the sorted distinct values
-    (evenly spaced, whatever their spacing); empty cells are grey."""
-    _require_columns(frame, [x, y, value])
-    table = frame.pivot_table(index=y, columns=x, values=value, aggfunc="mean", dropna=False)
-    table = table.sort_index().sort_index(axis=1)
-    means = table.to_numpy(dtype=np.float64)
-    size = (max(5.5, 0.9 * means.shape[1] + 3.0), max(4.0, 0.6 * means.shape[0] + 2.2))
-    fig = Figure(figsize=size, layout="constrained")
-    ax = fig.subplots()
-    ax.set_title(_title(f"mean {value}", title))
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    if not np.isfinite(means).any():
-        _no_data(ax, f"no finite {value}")
-        return fig
-    lo, hi = np.nanmin(means), np.nanmax(means)
-    norm = Normalize(lo, hi if hi > lo else lo + 1e-9)
-    cmap = colormaps["viridis"].with_extremes(bad="0.8")
-    cols, rows = np.arange(means.shape[1]), np.arange(means.shape[0])
-    mesh = ax.pcolormesh(
-        _edges(cols), _edges(rows), np.ma.masked_invalid(means), cmap=cmap, norm=norm
-    )
-    ax.set_xticks(cols, [_tick(v) for v in table.columns])
-    ax.set_yticks(rows, [_tick(v) for v in table.index])
-    if max(means.shape) <= 2 * ANNOTATE_MAX:
-        _annotate_cells(ax, means, cols, rows, norm, cmap, fontsize=9 if means.size <= 64 else 7)
-    fig.colorbar(mesh, ax=ax, label=f"mean {value}")
     return fig
 
 

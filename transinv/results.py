@@ -4,6 +4,9 @@ the query language.
     runs = load_runs("smoke", "http://127.0.0.1:5000")      # one row per trial
     long = curves(runs, ["finetune/acc_untrained"])         # run_id, key, step, value
     best_regimes(runs, "finetune/acc_untrained", by=["pretrain.dataset"])
+    summarize(runs, ["pretrain.dataset"], ["finetune/acc_untrained"])  # mean, std, n
+    study_info("smoke")                                     # the study's parent run
+    final_grids(runs)                                       # run_id, x, y, acc, G/<layer>
 
 Columns are the dotted config keys (typed as in `config.py`), the final metrics under their
 metric keys, and `run_id`, `trial_id`, `status`, `start_time`, `end_time`. Every MLflow filter
@@ -12,14 +15,17 @@ string of the project is built here.
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import pandas as pd
 from mlflow import MlflowClient
 
 from transinv.config import KEY_TYPES, ConfigError, parse_value
-from transinv.tracking import TAG_ROLE, TAG_TRIAL, Tracker, check_uri
+from transinv.tracking import TAG_ROLE, TAG_STUDY, TAG_TRIAL, Tracker, check_uri
 
 RUN_COLUMNS = ["run_id", "trial_id", "status", "start_time", "end_time"]
 
@@ -61,6 +67,33 @@ def _typed(column: pd.Series, key: str) -> pd.Series:
     if kind is str:
         return pd.Series(values, index=column.index, dtype="str")
     return pd.Series(values, index=column.index, dtype="object")
+
+
+def study_filter(study: str) -> str:
+    return f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_ROLE}` = 'study'"
+
+
+def study_info(study: str, uri: str | None = None) -> pd.Series:
+    """The study's parent run as one row: `run_id`, `status`, `start_time`, `end_time`, its
+    params (space file, sampler, objective, constraints, report, ...) and `tags.<name>`."""
+    tracker = Tracker(tracking_uri(uri))
+    experiment = tracker.client.get_experiment_by_name(study)
+    found = tracker.find_runs(experiment.experiment_id, study_filter(study)) if experiment else []
+    if not found:
+        raise ConfigError(f"no study {study!r} on {tracker.uri}")
+    run = found[0]
+    row = {
+        "run_id": run.info.run_id,
+        "experiment_id": run.info.experiment_id,
+        "status": run.info.status,
+        "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
+        "end_time": pd.to_datetime(run.info.end_time, unit="ms", utc=True)
+        if run.info.end_time
+        else pd.NaT,
+        **run.data.params,
+        **{f"tags.{k}": v for k, v in run.data.tags.items()},
+    }
+    return pd.Series(row, name=study, dtype="object")
 
 
 def load_runs(study: str, uri: str | None = None, filter_string: str = "") -> pd.DataFrame:
@@ -109,6 +142,28 @@ def curves(runs: pd.DataFrame, keys: Iterable[str], uri: str | None = None) -> p
     return frame.reset_index(drop=True)
 
 
+def final_grids(
+    runs: pd.DataFrame, uri: str | None = None, artifact: str = "final_grid.json"
+) -> pd.DataFrame:
+    """The last evaluation's grid of each run as a long table: run_id, x, y (pixel centres),
+    acc, and G/<layer> per layer. Runs without the artifact (unfinished) are left out."""
+    client = MlflowClient(tracking_uri=tracking_uri(uri or runs.attrs.get("uri")))
+    frames = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run_id in runs["run_id"]:
+            try:
+                path = client.download_artifacts(run_id, artifact, tmp)
+            except Exception:  # absent: the trial did not finish
+                continue
+            table = json.loads(Path(path).read_text())
+            frame = pd.DataFrame(table["data"], columns=table["columns"])
+            frame.insert(0, "run_id", run_id)
+            frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["run_id", "x", "y", "acc"])
+    return pd.concat(frames, ignore_index=True)
+
+
 def with_config(long: pd.DataFrame, runs: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     """A long curve table joined with config columns of its runs (for grouping and plotting)."""
     return long.merge(runs[["run_id", *keys]], on="run_id", how="left")
@@ -151,6 +206,30 @@ def best_regimes(
         )
     table = table.sort_values("mean", ascending=(mode == "min")).reset_index()
     table.attrs["metric"], table.attrs["mode"] = metric, mode
+    return table
+
+
+def summarize(
+    runs: pd.DataFrame,
+    by: Sequence[str],
+    metrics: Sequence[str],
+    status: str | None = "FINISHED",
+) -> pd.DataFrame:
+    """One row per condition (the `by` keys; one row in all when empty): `n` trials, then
+    `<metric> mean` and `<metric> std` (over seeds) for each metric, in condition order."""
+    frame = runs if status is None else runs[runs["status"] == status]
+    missing = [c for c in [*by, *metrics] if c not in frame.columns]
+    if missing:
+        raise ConfigError(
+            f"columns {missing} are not in the runs; available: {', '.join(frame.columns)}"
+        )
+    keys = list(by) or (lambda _: 0)
+    grouped = frame.groupby(keys, dropna=False, sort=True)
+    table = grouped.size().rename("n").to_frame()
+    for metric in metrics:
+        table[f"{metric} mean"] = grouped[metric].mean()
+        table[f"{metric} std"] = grouped[metric].std()
+    table = table.reset_index(drop=not by)
     return table
 
 

@@ -41,6 +41,7 @@ from transinv.models import (
     reinitialize,
     replace_head,
 )
+from transinv.pretrain_cache import PretrainCache, Pretrained
 from transinv.regimes import Placement, parse_class_regimes, point_to_pixel
 from transinv.sources import ItemSet, load_items
 
@@ -291,6 +292,8 @@ class TrainState:
     curves: dict[str, dict[int, float]] = field(default_factory=dict)
     last_metrics: dict[str, float] = field(default_factory=dict)
     """The latest finetuning evaluation's metrics (the trial's final metrics once it ends)."""
+    pretrain_cache: str = "off"
+    """`off`, `miss` (pretrained here and stored) or `hit` (loaded from the cache)."""
 
     def checkpoint(self) -> dict[str, Any]:
         """Everything needed to continue this trial exactly (a plain dict for `torch.save`)."""
@@ -310,6 +313,7 @@ class TrainState:
             "running": (self.loss_sum, self.acc_sum, self.count),
             "curves": {k: dict(v) for k, v in self.curves.items()},
             "last_metrics": dict(self.last_metrics),
+            "pretrain_cache": self.pretrain_cache,
             "streams": {
                 phase: data.stream.state()
                 for phase, data in (("pretrain", s.pretrain), ("finetune", s.finetune))
@@ -375,7 +379,7 @@ def begin_finetune(state: TrainState) -> None:
         for p in params:
             p.requires_grad_(name not in frozen)
     state.phase, state.step, state.evaluated = "finetune", 0, False
-    state.optimizer = _new_optimizer(net, c.optim.lr)
+    state.optimizer = _new_optimizer(net, c.finetune.lr or c.optim.lr)
     state.stop = _stop_rule(c, "finetune")
     state.loss_sum = state.acc_sum = 0.0
     state.count = 0
@@ -410,6 +414,7 @@ def restore_state(setup: Setup, checkpoint: dict[str, Any]) -> TrainState:
     state.loss_sum, state.acc_sum, state.count = checkpoint["running"]
     state.curves = {k: dict(v) for k, v in checkpoint["curves"].items()}
     state.last_metrics = dict(checkpoint["last_metrics"])
+    state.pretrain_cache = checkpoint.get("pretrain_cache", "off")
     for phase, stream_state in checkpoint["streams"].items():
         getattr(setup, phase).stream.restore(stream_state)
     torch.set_rng_state(checkpoint["rng"]["torch"])
@@ -617,6 +622,47 @@ def run_phase(state: TrainState, on_eval: OnEval | None) -> None:
     state.steps_run[phase] = state.step
 
 
+def pretrain(state: TrainState, on_eval: OnEval | None, fresh: bool) -> None:
+    """The pretraining phase, or its stored result when `run.pretrain_cache` holds it (then its
+    evaluations are replayed through `on_eval`, so the trial's record is the same either way).
+    A fresh pretraining is stored; one resumed from a checkpoint is not (its earlier
+    evaluations are not at hand)."""
+    c = state.setup.config
+    cache = PretrainCache(c.run.pretrain_cache) if c.run.pretrain_cache else None
+    stored = cache.load(c) if cache is not None and fresh else None
+    if stored is not None:
+        state.net.load_state_dict(stored.net)
+        state.step = state.steps_run["pretrain"] = stored.steps_run
+        state.stop_reason["pretrain"] = stored.stop_reason
+        state.pretrain_cache = "hit"
+        torch.set_rng_state(stored.rng)
+        # A checkpoint taken during the replay says "pretraining done" (with the random state
+        # finetuning starts from), never "at step 0 with pretrained weights".
+        state.evaluated = True
+        for evaluation in stored.evaluations:
+            _emit(state, evaluation, on_eval, rate=0.0)
+        return
+    evaluations: list[Evaluation] = []
+
+    def collect(evaluation: Evaluation, state: TrainState) -> None:
+        evaluations.append(evaluation)
+        if on_eval is not None:
+            on_eval(evaluation, state)
+
+    run_phase(state, collect)
+    if cache is not None and fresh:
+        net = {k: v.detach().cpu().clone() for k, v in state.net.state_dict().items()}
+        pretrained = Pretrained(
+            net,
+            state.steps_run["pretrain"],
+            state.stop_reason["pretrain"],
+            torch.get_rng_state(),
+            evaluations,
+        )
+        cache.save(c, pretrained)
+        state.pretrain_cache = "miss"
+
+
 def run_trial(
     config: TrialConfig,
     on_eval: OnEval | None = None,
@@ -639,7 +685,7 @@ def run_trial(
         " ".join(f"{k}={v}" for k, v in _headline(config).items()),
     )
     if state.phase == "pretrain":
-        run_phase(state, on_eval)
+        pretrain(state, on_eval, fresh=checkpoint is None)
         begin_finetune(state)
     if state.phase == "finetune":
         run_phase(state, on_eval)
@@ -651,6 +697,7 @@ def run_trial(
         **{f"{p}/steps_run": n for p, n in state.steps_run.items()},
         **{f"eval/{k}": v for k, v in setup.grid.describe().items()},
         "finetune/trained_centre_px": setup.grid.trained,
+        "pretrain/cache": state.pretrain_cache,
         "device": str(device),
         "threads": threads,
     }

@@ -1,0 +1,263 @@
+"""The report of finished studies: Markdown with figures, a table per claim saying what was
+measured and whether the paper's claim held, and the same numbers as JSON.
+
+    python -m study report claim5_forgetting --out reports/        # one study
+    python -m study report claim1_not_invariant claim5_forgetting   # one report, both studies
+
+`build_report` reads each study from MLflow through `results.py` only, runs the analyses its
+study file names (`report:`; `analyses.py`), and writes
+
+    DIR/report.md              a summary table of every check, then each study's sections
+    DIR/report.json            studies, trial counts, run times, checks with their numbers
+    DIR/<study>/report.md      that study alone, beside its figures (DIR/<study>/*.png)
+
+and logs each study's folder (its report, figures and JSON) to the study's parent run under
+`report/`, so the MLflow UI shows the report beside the trials it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from transinv.analyses import ANALYSES, Section, StudyData
+from transinv.config import ConfigError
+from transinv.results import load_runs, study_info, tracking_uri
+from transinv.tracking import Tracker
+
+VERDICT_MARK = {"held": "held", "partly": "partly", "not held": "**not held**"}
+
+
+@dataclass
+class StudyReport:
+    data: StudyData
+    sections: list[Section]
+    counts: dict[str, int]
+    """Trial runs by status."""
+    wall_s: float
+    """First trial start to last trial end (NaN without finished trials)."""
+    trial_s: float
+    """Sum of the trials' own durations."""
+
+    @property
+    def name(self) -> str:
+        return self.data.name
+
+
+def load_study(study: str, uri: str) -> tuple[StudyData, dict[str, int], float, float]:
+    runs = load_runs(study, uri)
+    info = study_info(study, uri)
+    counts = {str(k): int(v) for k, v in runs["status"].value_counts().items()} if len(runs) else {}
+    finished = runs[runs["status"] == "FINISHED"].reset_index(drop=True)
+    finished.attrs.update(runs.attrs)
+    if len(finished):
+        wall = (finished["end_time"].max() - finished["start_time"].min()).total_seconds()
+        trial = (finished["end_time"] - finished["start_time"]).dt.total_seconds().sum()
+    else:
+        wall = trial = math.nan
+    return StudyData(study, finished, info), counts, float(wall), float(trial)
+
+
+def analyses_of(info: pd.Series, override: Sequence[str] | None = None) -> list[str]:
+    """The analyses to run: `override`, else those the study file names (`report:`)."""
+    names = list(override) if override else [n for n in str(info.get("report", "")).split(",") if n]
+    unknown = [n for n in names if n not in ANALYSES]
+    if unknown:
+        raise ConfigError(
+            f"unknown analyses {unknown} for study {info.name!r}; choose from {', '.join(ANALYSES)}"
+        )
+    if not names:
+        raise ConfigError(
+            f"study {info.name!r} names no analyses (no `report:` in its study file); pass "
+            f"--analysis with one of {', '.join(ANALYSES)}"
+        )
+    return names
+
+
+def build_report(
+    studies: Sequence[str],
+    uri: str | None,
+    out: str | Path,
+    analyses: Sequence[str] | None = None,
+    log_to_mlflow: bool = True,
+) -> Path:
+    """Write the report of `studies` into `out` (see the module docstring); returns
+    `out/report.md`."""
+    uri = tracking_uri(uri)
+    out = Path(out)
+    reports = []
+    for study in studies:
+        data, counts, wall, trial = load_study(study, uri)
+        sections = [ANALYSES[name](data) for name in analyses_of(data.info, analyses)]
+        reports.append(StudyReport(data, sections, counts, wall, trial))
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    for report in reports:
+        folder = out / report.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for section in report.sections:
+            for name, figure in section.figures.items():
+                figure.savefig(folder / _figure_file(section, name), dpi=100)
+        header = f"# transinv report: {report.name}\n\n_Generated {generated} from {uri}._\n\n"
+        (folder / "report.md").write_text(header + render_study(report, prefix=""))
+        (folder / "report.json").write_text(json.dumps(_json(report), indent=2, default=_plain))
+    summary = render_summary(reports, uri, generated)
+    body = "\n".join(render_study(r, prefix=f"{r.name}/") for r in reports)
+    (out / "report.md").write_text(summary + body)
+    (out / "report.json").write_text(
+        json.dumps(
+            {"generated": generated, "tracking_uri": uri, "studies": [_json(r) for r in reports]},
+            indent=2,
+            default=_plain,
+        )
+    )
+    if log_to_mlflow:
+        tracker = Tracker(uri)
+        for report in reports:
+            tracker.client.log_artifacts(
+                report.data.info["run_id"], str(out / report.name), "report"
+            )
+    return out / "report.md"
+
+
+def _figure_file(section: Section, name: str) -> str:
+    return f"{section.analysis}_{name}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown.
+
+
+def render_summary(reports: Sequence[StudyReport], uri: str, generated: str) -> str:
+    lines = [
+        "# transinv report",
+        "",
+        f"_Generated {generated} from {uri} by `python -m study report "
+        f"{' '.join(r.name for r in reports)}`._",
+        "",
+        "## The claims, checked",
+        "",
+        "| study | expectation | measured | verdict |",
+        "| --- | --- | --- | --- |",
+    ]
+    for report in reports:
+        for section in report.sections:
+            for check in section.checks:
+                lines.append(
+                    f"| {report.name} | {_cell(check.expectation)} | {_cell(check.measured)} | "
+                    f"{VERDICT_MARK.get(check.verdict, check.verdict)} |"
+                )
+    lines += ["", "| study | trials | wall time | trial time |", "| --- | --- | --- | --- |"]
+    for report in reports:
+        counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(report.counts.items()))
+        lines.append(
+            f"| {report.name} | {counts or 'none'} | {_duration(report.wall_s)} | "
+            f"{_duration(report.trial_s)} |"
+        )
+    return "\n".join(lines) + "\n\n"
+
+
+def render_study(report: StudyReport, prefix: str) -> str:
+    info = report.data.info
+    runs = report.data.runs
+    seeds = ", ".join(map(str, sorted(runs["seed"].unique()))) if "seed" in runs else "?"
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(report.counts.items()))
+    lines = [
+        f"## Study `{report.name}`",
+        "",
+        f"Study file `search_spaces/{info.get('space_file', '?')}`, sampler "
+        f"{info.get('sampler', '?')}; trials: {counts or 'none'}; seeds {seeds}; "
+        f"conditions vary {', '.join(f'`{c}`' for c in report.data.conditions) or 'nothing'}. "
+        f"Wall time {_duration(report.wall_s)} (trials {_duration(report.trial_s)} in all). "
+        f"Parent run `{info['run_id']}`.",
+        "",
+    ]
+    for section in report.sections:
+        lines += [f"### {section.title}", "", f"*{section.question}*", ""]
+        if section.checks:
+            lines += ["| expectation | measured | verdict |", "| --- | --- | --- |"]
+            for check in section.checks:
+                verdict = VERDICT_MARK.get(check.verdict, check.verdict)
+                lines.append(
+                    f"| {_cell(check.expectation)} | {_cell(check.measured)} | {verdict} |"
+                )
+            lines.append("")
+        for note in section.notes:
+            lines += [note, ""]
+        for title, table in section.tables:
+            lines += [f"**{title}**", "", markdown_table(table), ""]
+        for name in section.figures:
+            lines += [f"![{section.analysis}: {name}]({prefix}{_figure_file(section, name)})", ""]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table; floats with 3 significant digits, NaN as n/a."""
+    if frame.empty:
+        return "_(no rows)_"
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    rows = [
+        "| " + " | ".join(_cell(_fmt(v)) for v in row) + " |" for row in frame.itertuples(False)
+    ]
+    return "\n".join([header, rule, *rows])
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.3g}"
+    if isinstance(value, tuple):
+        return ",".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "n/a"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON.
+
+
+def _json(report: StudyReport) -> dict:
+    return {
+        "name": report.name,
+        "parent_run_id": report.data.info["run_id"],
+        "trials": report.counts,
+        "wall_s": report.wall_s,
+        "trial_s": report.trial_s,
+        "run_ids": list(report.data.runs["run_id"]),
+        "sections": [
+            {
+                "analysis": s.analysis,
+                "title": s.title,
+                "checks": [asdict(c) for c in s.checks],
+                "tables": [
+                    {"title": t, "rows": table.to_dict(orient="records")} for t, table in s.tables
+                ],
+                "figures": [_figure_file(s, n) for n in s.figures],
+                "notes": s.notes,
+            }
+            for s in report.sections
+        ],
+    }
+
+
+def _plain(value: object) -> object:
+    """JSON for what `json` does not know: numpy scalars, tuples as lists, NaN as null."""
+    if hasattr(value, "item"):
+        value = value.item()
+        return None if isinstance(value, float) and math.isnan(value) else value
+    return str(value)

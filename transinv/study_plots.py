@@ -1,0 +1,207 @@
+"""Figures of a study, drawn from the long tables of `results.py`: curves with seed bands,
+duration surfaces, condition bars with every seed shown, and invariance profiles by layer.
+
+Same rules as `plots.py` (whose styling they share): matplotlib's object-oriented API only, every
+function returns a `Figure`, colour-blind friendly palettes. Replicates are the rows that share
+a condition; bands and whiskers span their min to max, so three seeds are three visible points,
+not a standard error that hides how few they are.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from transinv.plots import (
+    ANNOTATE_MAX,
+    OKABE_ITO,
+    _annotate_cells,
+    _edges,
+    _no_data,
+    _require_columns,
+    _step_axis,
+    _style,
+    _tick,
+    _title,
+)
+
+
+def curves_with_bands(
+    frame: pd.DataFrame, x: str, y: str, group: str | None = None, title: str = ""
+) -> Figure:
+    """Mean of `y` over replicates at each `x`, with a min-max band, one line per `group`.
+
+    frame: a long table, one row per replicate and x (e.g. `results.curves` joined with config
+    columns, filtered to one metric key; or `load_runs` for dose-response with x =
+    `pretrain.translation`). Every row at the same (group, x) is a replicate (seeds); NaN y
+    rows are left out. A step-like x that is log-spaced gets a symlog axis, as in
+    `forgetting_figure`.
+    """
+    _require_columns(frame, [x, y] + ([group] if group else []))
+    data = frame[frame[y].notna()]
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    ax.set_title(_title(f"{y} vs {x}", title))
+    ax.set_xlabel(x)
+    ax.set_ylabel(f"{y} (mean, min-max band)")
+    if data.empty:
+        _no_data(ax, f"no finite {y}")
+        return fig
+
+    groups = [(None, data)] if group is None else list(data.groupby(group, dropna=False, sort=True))
+    numeric = group is not None and pd.api.types.is_numeric_dtype(data[group])
+    for n, (name, rows) in enumerate(groups):
+        stats = rows.groupby(x, sort=True)[y].agg(["mean", "min", "max", "count"])
+        xv = stats.index.to_numpy(dtype=np.float64)
+        if numeric and len(groups) > 1:
+            # Ordered levels (a dose, a learning rate) read best as an ordered colour ramp.
+            colour, style = colormaps["viridis"](0.85 * n / (len(groups) - 1)), "-"
+        else:
+            colour, style = _style(n)
+        replicates = int(stats["count"].max())
+        name = name[0] if isinstance(name, tuple) else name
+        label = f"n = {replicates}" if group is None else f"{group} = {name}  (n = {replicates})"
+        ax.fill_between(xv, stats["min"], stats["max"], color=colour, alpha=0.2, linewidth=0)
+        ax.plot(
+            xv,
+            stats["mean"],
+            color=colour,
+            linestyle=style,
+            marker="o" if len(xv) <= 20 else None,
+            markersize=4,
+            label=label,
+        )
+    if pd.api.types.is_numeric_dtype(data[x]):
+        _step_axis(ax, data[x].to_numpy(dtype=np.float64))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def surface_heatmap(frame: pd.DataFrame, x: str, y: str, value: str, title: str = "") -> Figure:
+    """Mean of `value` in each (x, y) cell (over seeds), as a heatmap with the means written in;
+    e.g. x = `finetune.steps`, y = `pretrain.steps`. Axes are the sorted distinct values
+    (evenly spaced, whatever their spacing); empty cells are grey."""
+    _require_columns(frame, [x, y, value])
+    table = frame.pivot_table(index=y, columns=x, values=value, aggfunc="mean", dropna=False)
+    table = table.sort_index().sort_index(axis=1)
+    means = table.to_numpy(dtype=np.float64)
+    size = (max(5.5, 0.9 * means.shape[1] + 3.0), max(4.0, 0.6 * means.shape[0] + 2.2))
+    fig = Figure(figsize=size, layout="constrained")
+    ax = fig.subplots()
+    ax.set_title(_title(f"mean {value}", title))
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if not np.isfinite(means).any():
+        _no_data(ax, f"no finite {value}")
+        return fig
+    lo, hi = np.nanmin(means), np.nanmax(means)
+    norm = Normalize(lo, hi if hi > lo else lo + 1e-9)
+    cmap = colormaps["viridis"].with_extremes(bad="0.8")
+    cols, rows = np.arange(means.shape[1]), np.arange(means.shape[0])
+    mesh = ax.pcolormesh(
+        _edges(cols), _edges(rows), np.ma.masked_invalid(means), cmap=cmap, norm=norm
+    )
+    ax.set_xticks(cols, [_tick(v) for v in table.columns])
+    ax.set_yticks(rows, [_tick(v) for v in table.index])
+    if max(means.shape) <= 2 * ANNOTATE_MAX:
+        _annotate_cells(ax, means, cols, rows, norm, cmap, fontsize=9 if means.size <= 64 else 7)
+    fig.colorbar(mesh, ax=ax, label=f"mean {value}")
+    return fig
+
+
+def condition_bars(
+    frame: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: str | None = None,
+    chance: float | None = None,
+    title: str = "",
+) -> Figure:
+    """Mean of `y` per `x` (and `hue`) as bars, each replicate as a dot on its bar, whiskers
+    from min to max; a dashed line at `chance` when given. Levels keep their sorted order."""
+    _require_columns(frame, [x, y] + ([hue] if hue else []))
+    data = frame[frame[y].notna()]
+    xs = sorted(data[x].unique(), key=_order) if not data.empty else []
+    hues = sorted(data[hue].unique(), key=_order) if hue and not data.empty else [None]
+    fig = Figure(figsize=(max(6.0, 1.1 * len(xs) * max(1, len(hues)) + 2.5), 4.6))
+    fig.set_layout_engine("constrained")
+    ax = fig.subplots()
+    ax.set_title(_title(y, title))
+    ax.set_xlabel(x)
+    ax.set_ylabel(f"{y} (mean; dots: replicates)")
+    if data.empty:
+        _no_data(ax, f"no finite {y}")
+        return fig
+    width = 0.8 / len(hues)
+    rng = np.random.default_rng(0)  # fixed jitter: the same figure every time
+    for j, level in enumerate(hues):
+        colour = OKABE_ITO[j % len(OKABE_ITO)]
+        rows = data if level is None else data[data[hue] == level]
+        for i, value in enumerate(xs):
+            points = rows.loc[rows[x] == value, y].to_numpy(dtype=np.float64)
+            if points.size == 0:
+                continue
+            centre = i - 0.4 + width * (j + 0.5)
+            label = None if i else (f"{hue} = {_tick(level)}" if hue else None)
+            ax.bar(centre, points.mean(), width * 0.9, color=colour, alpha=0.55, label=label)
+            ax.errorbar(
+                centre,
+                points.mean(),
+                yerr=[[points.mean() - points.min()], [points.max() - points.mean()]],
+                color="0.2",
+                capsize=3,
+                linewidth=1,
+            )
+            jitter = rng.uniform(-0.25, 0.25, points.size) * width
+            ax.plot(centre + jitter, points, "o", color="black", markersize=3.5, zorder=3)
+    if chance is not None:
+        ax.axhline(chance, color="0.35", linestyle="--", linewidth=1, label=f"chance {chance:.2f}")
+    ax.set_xticks(range(len(xs)), [_tick(v) for v in xs])
+    ax.grid(axis="y", alpha=0.3)
+    if hue or chance is not None:
+        ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def layer_profile(
+    frame: pd.DataFrame, layer: str, value: str, group: str, title: str = ""
+) -> Figure:
+    """Mean `value` per layer (x, in order of first appearance) with a min-max band over
+    replicates, one line per `group`; reference lines at 0 and 1 (for G)."""
+    _require_columns(frame, [layer, value, group])
+    data = frame[frame[value].notna()]
+    layers = list(dict.fromkeys(data[layer]))
+    fig = Figure(figsize=(max(6.5, 0.9 * len(layers) + 3.5), 4.6), layout="constrained")
+    ax = fig.subplots()
+    ax.set_title(_title(f"{value} by layer", title))
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"{value} (mean, min-max band)")
+    if data.empty:
+        _no_data(ax, f"no finite {value}")
+        return fig
+    position = {name: i for i, name in enumerate(layers)}
+    for n, (name, rows) in enumerate(data.groupby(group, sort=True)):
+        stats = rows.groupby(layer, sort=False)[value].agg(["mean", "min", "max", "count"])
+        stats = stats.loc[[name_ for name_ in layers if name_ in stats.index]]
+        xv = np.array([position[name_] for name_ in stats.index], dtype=np.float64)
+        colour, style = _style(n)
+        label = f"{_tick(name)}  (n = {int(stats['count'].max())})"
+        ax.fill_between(xv, stats["min"], stats["max"], color=colour, alpha=0.2, linewidth=0)
+        ax.plot(xv, stats["mean"], color=colour, linestyle=style, marker="o", label=label)
+    for level in (0.0, 1.0):
+        ax.axhline(level, color="0.35", linestyle="--" if level else "-", linewidth=1, zorder=0)
+    ax.set_xticks(range(len(layers)), layers)
+    ax.grid(alpha=0.3)
+    ax.legend(title=group, fontsize=8, loc="best")
+    return fig
+
+
+def _order(value: object) -> tuple[int, object]:
+    """Sort numbers numerically and names alphabetically, numbers first."""
+    if isinstance(value, int | float | np.number):
+        return (0, float(value))
+    return (1, str(value))
