@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -74,8 +75,8 @@ def tracking(uri: str | None, port: int | None = None) -> Iterator[str]:
             except TrackingError:
                 pass
     server: LocalServer = start_local_server(state_dir() / "mlflow", port=port)
-    info.write_text(json.dumps({"uri": server.uri, "pid": server.process.pid}))
     try:
+        info.write_text(json.dumps({"uri": server.uri, "pid": server.process.pid}))
         yield server.uri
     finally:
         server.stop()
@@ -177,7 +178,13 @@ def _dry_run(spec) -> int:
     return EXIT_OK
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
+    # `kill PID` must stop the server this command started, not orphan it.
+    signal.signal(signal.SIGTERM, _interrupt)
     with tracking(args.tracking_uri, port=args.port) as uri:
         print(f"MLflow UI: {uri}   (Ctrl-C to stop)", flush=True)
         try:
@@ -307,3 +314,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside a study's fit (which saves state)
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -124,6 +124,8 @@ def test_compose_file_validates_offline():
         assert node["environment"]["RAY_AUTH_TOKEN"] == "test-token"
         assert node["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
         assert "results:/results:rw" in node["volumes"]
+        assert any(v.endswith(":/data:ro") for v in node["volumes"])  # datasets, read-only
+        assert node["environment"]["TRANSINV_DATA"] == "/data"
         assert node["shm_size"] in ("2gb", 2 * 2**30, "2147483648")
     mlflow = services["mlflow"]
     assert mlflow["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"

@@ -313,3 +313,34 @@ def test_changed_space_is_refused_on_resume(tmp_path, tracking_uri, home):
     space.write_text(space.read_text().replace("0.01]", "0.02]"))
     code, out = finish(driver(space, tracking_uri, home), timeout=60)
     assert code == 2 and "different space" in out
+
+
+def test_ui_stops_its_server_on_sigterm_and_refuses_a_taken_port(tmp_path, monkeypatch, capsys):
+    from transinv.tracking import TrackingError, check_reachable, free_port
+
+    port = free_port()
+    env = {**os.environ, "TRANSINV_HOME": str(tmp_path / "home")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = tmp_path / "ui.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "study", "ui", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: proc.poll() is None and "MLflow UI:" in log.read_text(), timeout=90)
+        # A second UI on the same port says so instead of "serving" the other one.
+        monkeypatch.setenv("TRANSINV_HOME", str(tmp_path / "other"))
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        assert cli.main(["ui", "--port", str(port)]) == 1
+        assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        with pytest.raises(TrackingError):
+            check_reachable(uri, timeout_s=2.0)
+    finally:
+        kill_group(proc)

@@ -345,6 +345,16 @@ def start_local_server(
     runs in `state_dir/mlflow.db` and artifacts in `state_dir/artifacts`; wait until it answers."""
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
+    if port:
+        # Another server on the port would answer the health check below for ours.
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise TrackingError(
+                    f"port {port} on {host} is in use ({exc.strerror}); pass another --port, "
+                    "or --tracking-uri to use the server already there"
+                ) from None
     port = port or free_port(host)
     cmd = [
         sys.executable, "-m", "mlflow", "server",
@@ -364,14 +374,17 @@ def start_local_server(
     uri = f"http://{host}:{port}"
     server = LocalServer(uri, process, state_dir)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = (state_dir / "server.log").read_text(errors="replace")[-2000:]
-            raise TrackingError(f"mlflow server exited with {process.returncode}:\n{tail}")
-        try:
-            check_reachable(uri, timeout_s=1.0)
-            return server
-        except TrackingError:
-            time.sleep(0.3)
-    server.stop()
-    raise TrackingError(f"mlflow server at {uri} did not answer within {timeout_s:.0f} s")
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                tail = (state_dir / "server.log").read_text(errors="replace")[-2000:]
+                raise TrackingError(f"mlflow server exited with {process.returncode}:\n{tail}")
+            try:
+                check_reachable(uri, timeout_s=1.0)
+                return server
+            except TrackingError:
+                time.sleep(0.3)
+        raise TrackingError(f"mlflow server at {uri} did not answer within {timeout_s:.0f} s")
+    except BaseException:  # a signal while starting must not leave the server behind
+        server.stop()
+        raise
