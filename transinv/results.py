@@ -147,6 +147,8 @@ def final_grids(
 ) -> pd.DataFrame:
     """The last evaluation's grid of each run as a long table: run_id, x, y (pixel centres),
     acc, and G/<layer> per layer. Runs without the artifact (unfinished) are left out."""
+    # One progress bar per run's download would bury the report's own output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = MlflowClient(tracking_uri=tracking_uri(uri or runs.attrs.get("uri")))
     frames = []
     with tempfile.TemporaryDirectory() as tmp:
