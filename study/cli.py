@@ -248,7 +248,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     with tracking(args.tracking_uri) as uri:
         path = build_report(
-            args.studies, uri, args.out, args.analysis, log_to_mlflow=not args.no_log
+            args.studies, uri, args.out, args.analysis, not args.no_log, args.readme
         )
     print(f"report: {path}")
     if not args.no_log:
@@ -300,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports", help="folder for report.md and figures")
     p.add_argument("--analysis", nargs="+", help="analyses to run instead of the study file's")
     p.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    p.add_argument("--readme", help="also rewrite the results section of this Markdown file")
     p = add("export-optuna", cmd_export_optuna, "copy a study's Optuna trials to a storage")
     p.add_argument("study")
     p.add_argument("--storage", help="Tune storage the study ran in (default: state dir)")

@@ -30,7 +30,10 @@ from transinv.analyses import ANALYSES, HELD, MEASURED, NO_DATA, NOT_HELD, PARTL
 from transinv.results import load_runs
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
-PAPER_STUDIES = sorted(p for p in SPACES.glob("*.yaml") if load_space(p).report)
+# Studies with a report that run on this CPU machine (paper_scale needs GPUs and ImageNet weights).
+PAPER_STUDIES = sorted(
+    p for p in SPACES.glob("*.yaml") if load_space(p).report and load_space(p).gpu == 0
+)
 MINI_FIXED = {
     "canvas.size": 32,
     "canvas.item_size": 8,
@@ -200,3 +203,21 @@ def test_regime_search_repeats_each_suggestion_over_seeds(ran, tracking_uri):
     groups = runs.groupby([k for k in keys if runs[k].notna().all()], dropna=False)["seed"]
     assert sorted(sorted(g) for _, g in groups) == [[0, 1, 2], [0, 1, 2]]
     assert math.isfinite(runs[metrics.ACC_UNTRAINED].mean())
+
+
+def test_report_writes_the_readme_results_section_between_its_markers(ran, tracking_uri, tmp_path):
+    names, _ = ran
+    readme = tmp_path / "README.md"
+    readme.write_text("# p\n\nbefore\n<!-- results:begin -->\nold\n<!-- results:end -->\nafter\n")
+    out = tmp_path / "docs" / "results"
+    args = ["report", *names[:2], "--out", str(out), "--no-log", "--readme", str(readme)]
+    assert cli.main([*args, "--tracking-uri", tracking_uri]) == 0
+    text = readme.read_text()
+    assert text.startswith("# p\n\nbefore\n<!-- results:begin -->\n") and text.endswith(
+        "<!-- results:end -->\nafter\n"
+    )
+    assert "old" not in text and all(f"`{n}`" in text for n in names[:2])
+    images = [line.split('"')[1] for line in text.splitlines() if line.startswith("<img ")]
+    assert images and all((tmp_path / image).is_file() for image in images)
+    readme.write_text("no markers\n")
+    assert cli.main([*args, "--tracking-uri", tracking_uri]) == 2

@@ -59,6 +59,12 @@ class Section:
     """File name (`<name>.png`) -> figure."""
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    headline: str = ""
+    """The figure that stands for the section in the README (default: the first)."""
+
+    @property
+    def headline_figure(self) -> str | None:
+        return self.headline or next(iter(self.figures), None)
 
 
 @dataclass
@@ -527,17 +533,18 @@ def representations(study: StudyData) -> Section:
     translated = _fully_translated(start)
     if layer and translated.any():
         at_layer = start[start["layer"] == layer]
-        reference = at_layer[translated.loc[at_layer.index]]
-        for name, rows in at_layer[~translated.loc[at_layer.index]].groupby("condition"):
-            section.checks.append(
-                compare(
-                    reference["value"],
-                    rows["value"],
-                    f"G({layer}) before finetuning is higher after fully translated "
-                    f"pretraining than for {name}",
-                    f"G({layer}) {reference['condition'].iloc[0]} vs {name}",
+        flags = translated.loc[at_layer.index]
+        for name, reference in at_layer[flags].groupby("condition"):
+            for other, rows in at_layer[~flags].groupby("condition"):
+                section.checks.append(
+                    compare(
+                        reference["value"],
+                        rows["value"],
+                        f"G({layer}) before finetuning is higher after fully translated "
+                        f"pretraining ({name}) than for {other}",
+                        f"G({layer}) {name} vs {other}",
+                    )
                 )
-            )
         convs = [name for name in layers if name.startswith("conv")]
         if convs:
             last = start[start["layer"] == convs[-1]]["value"]
@@ -609,6 +616,7 @@ def forgetting(study: StudyData) -> Section:
         section.figures[f"{name}.png"] = study_plots.curves_with_bands(
             long[long["key"] == key], "step", "value", "condition", key
         )
+    section.headline = f"{g.replace('/', '_')}.png"
     drops = [metrics.drop_key(k) for k in keys[:3]]
     section.tables.append(
         (
@@ -776,7 +784,6 @@ def architectures(study: StudyData) -> Section:
     )
     for arch, rows in runs.groupby("model.arch", sort=True):
         vanilla = rows[rows["pretrain.dataset"] == "none"]
-        pretrained = rows[rows["pretrain.dataset"] != "none"]
         section.checks.append(
             level(
                 vanilla[metrics.TRANSFER_RATIO],
@@ -786,14 +793,21 @@ def architectures(study: StudyData) -> Section:
                 above=False,
             )
         )
-        section.checks.append(
-            compare(
-                pretrained[metrics.ACC_UNTRAINED],
-                vanilla[metrics.ACC_UNTRAINED],
-                f"fully translated pretraining teaches {arch} invariance",
-                f"{arch} acc@untrained, pretrained vs vanilla",
+        sources = rows[rows["pretrain.dataset"] != "none"].groupby("pretrain.dataset", sort=True)
+        for source, pretrained in sources:
+            how = (
+                "ImageNet weights teach"
+                if source == "imagenet"
+                else f"pretraining on {source} teaches"
             )
-        )
+            section.checks.append(
+                compare(
+                    pretrained[metrics.ACC_UNTRAINED],
+                    vanilla[metrics.ACC_UNTRAINED],
+                    f"{how} {arch} invariance",
+                    f"{arch} acc@untrained, {source} vs vanilla",
+                )
+            )
     return section
 
 

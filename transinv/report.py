@@ -11,6 +11,10 @@ study file names (`report:`; `analyses.py`), and writes
     DIR/report.json            studies, trial counts, run times, checks with their numbers
     DIR/<study>/report.md      that study alone, beside its figures (DIR/<study>/*.png)
 
+With `readme=README.md` it also rewrites the part of that file between the markers
+`<!-- results:begin -->` and `<!-- results:end -->`: the checks, the headline figure of each
+section and the run times, so a project's results section is always the report's own words.
+
 and logs each study's folder (its report, figures and JSON) to the study's parent run under
 `report/`, so the MLflow UI shows the report beside the trials it came from.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -86,6 +91,7 @@ def build_report(
     out: str | Path,
     analyses: Sequence[str] | None = None,
     log_to_mlflow: bool = True,
+    readme: str | Path | None = None,
 ) -> Path:
     """Write the report of `studies` into `out` (see the module docstring); returns
     `out/report.md`."""
@@ -116,6 +122,8 @@ def build_report(
             default=_plain,
         )
     )
+    if readme is not None:
+        write_readme_section(Path(readme), reports, out, generated)
     if log_to_mlflow:
         tracker = Tracker(uri)
         for report in reports:
@@ -142,16 +150,8 @@ def render_summary(reports: Sequence[StudyReport], uri: str, generated: str) -> 
         "",
         "## The claims, checked",
         "",
-        "| study | expectation | measured | verdict |",
-        "| --- | --- | --- | --- |",
+        *_checks_table(reports),
     ]
-    for report in reports:
-        for section in report.sections:
-            for check in section.checks:
-                lines.append(
-                    f"| {report.name} | {_cell(check.expectation)} | {_cell(check.measured)} | "
-                    f"{VERDICT_MARK.get(check.verdict, check.verdict)} |"
-                )
     lines += ["", "| study | trials | wall time | trial time |", "| --- | --- | --- | --- |"]
     for report in reports:
         counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(report.counts.items()))
@@ -160,6 +160,19 @@ def render_summary(reports: Sequence[StudyReport], uri: str, generated: str) -> 
             f"{_duration(report.trial_s)} |"
         )
     return "\n".join(lines) + "\n\n"
+
+
+def _checks_table(reports: Sequence[StudyReport]) -> list[str]:
+    """Every check of every study, one row each."""
+    lines = ["| study | expectation | measured | verdict |", "| --- | --- | --- | --- |"]
+    for report in reports:
+        for section in report.sections:
+            for check in section.checks:
+                lines.append(
+                    f"| `{report.name}` | {_cell(check.expectation)} | {_cell(check.measured)} | "
+                    f"{VERDICT_MARK.get(check.verdict, check.verdict)} |"
+                )
+    return lines
 
 
 def render_study(report: StudyReport, prefix: str) -> str:
@@ -225,6 +238,66 @@ def _duration(seconds: float) -> str:
         return "n/a"
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def write_readme_section(
+    readme: Path, reports: Sequence[StudyReport], out: Path, generated: str
+) -> None:
+    """Replace the text between the results markers of `readme` (which must hold both)."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise ConfigError(
+            f"{readme} has no results markers: add a line {README_BEGIN} and a line "
+            f"{README_END} where the results section goes"
+        )
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    figures = Path(os.path.relpath(out.resolve(), readme.resolve().parent))
+    body = render_readme(reports, figures, generated)
+    readme.write_text(f"{head}{README_BEGIN}\n{body}{README_END}{tail}")
+
+
+def render_readme(reports: Sequence[StudyReport], figures: Path, generated: str) -> str:
+    names = " ".join(r.name for r in reports)
+    lines = [
+        f"<!-- written by `python -m study report {names} --out {figures} --readme ...` on "
+        f"{generated}; edits here are overwritten -->",
+        "",
+        *_checks_table(reports),
+        "",
+    ]
+    images = [
+        (report, section)
+        for report in reports
+        for section in report.sections
+        if section.headline_figure
+    ]
+    for report, section in images:
+        path = figures / report.name / _figure_file(section, section.headline_figure)
+        lines.append(f'<img src="{path.as_posix()}" width="49%" alt="{section.title}">')
+    lines += ["", "| study | trials | wall time on this machine |", "| --- | --- | --- |"]
+    for report in reports:
+        counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(report.counts.items()))
+        lines.append(f"| `{report.name}` | {counts} | {_duration(report.wall_s)} |")
+    total = sum(r.wall_s for r in reports if math.isfinite(r.wall_s))
+    lines.append(f"| all | {sum(sum(r.counts.values()) for r in reports)} | {_duration(total)} |")
+    misses = [
+        (report, check)
+        for report in reports
+        for section in report.sections
+        for check in section.checks
+        if check.verdict in ("not held", "partly")
+    ]
+    if misses:
+        lines += ["", "Where the expectation did not hold, or only partly:", ""]
+        for report, check in misses:
+            lines.append(
+                f"- `{report.name}`: {check.expectation}: {check.measured} ({check.verdict})."
+            )
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
