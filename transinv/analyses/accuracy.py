@@ -1,0 +1,363 @@
+"""Claims read off accuracy over the canvas: not invariant by architecture (1), transfer of
+learned invariance (2), coverage controls (3), head and stride (6), and the zoo."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from transinv import metrics, plots, study_plots
+from transinv.analyses.base import (
+    NEAR_CHANCE_RATIO,
+    Section,
+    StudyData,
+    chance_of,
+    compare,
+    condition_labels,
+    condition_table,
+    level,
+    mean_std,
+    register,
+    representation_layer,
+    select,
+    with_g_at_start,
+)
+from transinv.regimes import point_to_pixel
+
+# ---------------------------------------------------------------------------------------------
+# Claim 1: not architecturally invariant.
+
+SHIFT_BINS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+"""Shift from the trained centre in item widths, for the fall-off."""
+
+
+@register("not_invariant")
+def not_invariant(study: StudyData) -> Section:
+    section = Section(
+        "not_invariant",
+        "CNNs are not architecturally invariant",
+        "Trained from scratch on items at one location, does a CNN recognise them elsewhere?",
+    )
+    runs = study.runs
+    chance = chance_of(runs)
+    by = study.conditions
+    section.tables.append(
+        (
+            "Accuracy at and away from the trained location",
+            condition_table(study.runs,
+                by,
+                [metrics.ACC_TRAINED, metrics.ACC_UNTRAINED, metrics.TRANSFER_RATIO,
+                 metrics.FRAC_UNTRAINED_GE_HALF],
+            ),
+        )
+    )  # fmt: skip
+    section.checks.append(
+        level(
+            runs[metrics.ACC_TRAINED],
+            0.9,
+            "learned at the trained location (acc@trained >= 0.9)",
+            "acc@trained",
+            above=True,
+        )
+    )
+    section.checks.append(
+        level(
+            runs[metrics.TRANSFER_RATIO],
+            NEAR_CHANCE_RATIO,
+            f"near chance ({chance:.2f}) at untrained locations: transfer ratio below "
+            f"{NEAR_CHANCE_RATIO}",
+            f"acc@untrained {mean_std(runs[metrics.ACC_UNTRAINED])}; transfer ratio",
+            above=False,
+        )
+    )
+    falloff = _falloff(study)
+    if not falloff.empty:
+        group = by[0] if by else None
+        section.figures["falloff.png"] = study_plots.curves_with_bands(
+            falloff, "shift (item widths)", "accuracy", group, "fall-off from the trained centre"
+        )
+        table = falloff.groupby(["shift (item widths)", *([group] if group else [])])[
+            "accuracy"
+        ].agg(["mean", "std", "count"])
+        section.tables.append(("Accuracy by shift from the trained centre", table.reset_index()))
+        near = falloff[
+            (falloff["shift (item widths)"] > 0.25) & (falloff["shift (item widths)"] <= 0.5)
+        ]
+        at = falloff[falloff["shift (item widths)"] <= 0.25]
+        section.checks.append(
+            compare(
+                at.groupby("run_id")["accuracy"].mean(),
+                near.groupby("run_id")["accuracy"].mean(),
+                "even a shift of a fraction of an item width hurts (within 1/4 item vs 1/4-1/2 "
+                "item away)",
+                "accuracy within 1/4 item vs at 1/4-1/2 item",
+                margin=0.1,
+            )
+        )
+    for name, fig in _mean_heatmaps(study, chance).items():
+        section.figures[name] = fig
+    return section
+
+
+def _trained_px(row: pd.Series) -> tuple[int, int]:
+    return point_to_pixel(row["finetune.location"], row["canvas.size"], row["canvas.item_size"])
+
+
+def _falloff(study: StudyData) -> pd.DataFrame:
+    """Per run and shift bin: mean accuracy of the final grid's centres in that bin."""
+    grids = study.grids
+    if grids.empty:
+        return pd.DataFrame()
+    geometry = study.runs.set_index("run_id")
+    rows = []
+    for run_id, cells in grids.groupby("run_id"):
+        run = geometry.loc[run_id]
+        tx, ty = _trained_px(run)
+        shift = np.hypot(cells["x"] - tx, cells["y"] - ty) / run["canvas.item_size"]
+        bins = pd.cut(shift, SHIFT_BINS, include_lowest=True, right=True)
+        for interval, acc in cells["acc"].groupby(bins, observed=True):
+            rows.append(
+                {
+                    "run_id": run_id,
+                    **{k: run[k] for k in study.conditions},
+                    "shift (item widths)": float(interval.right),
+                    "accuracy": float(acc.mean()),
+                }
+            )
+        # The trained centre itself (it may not be on the grid).
+        rows.append(
+            {
+                "run_id": run_id,
+                **{k: run[k] for k in study.conditions},
+                "shift (item widths)": 0.0,
+                "accuracy": float(run[metrics.ACC_TRAINED]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _mean_heatmaps(study: StudyData, chance: float) -> dict[str, Figure]:
+    """The final accuracy grid averaged over seeds, one heatmap per condition."""
+    grids = study.grids
+    out: dict[str, Figure] = {}
+    if grids.empty:
+        return out
+    keys = study.conditions
+    groups = grids.groupby(keys, sort=True) if keys else [((), grids)]
+    for n, (values, cells) in enumerate(groups):
+        values = values if isinstance(values, tuple) else (values,)
+        first = study.runs[study.runs["run_id"] == cells["run_id"].iloc[0]].iloc[0]
+        mean = cells.groupby(["y", "x"])["acc"].mean().unstack("x")
+        label = " ".join(
+            f"{k.split('.')[-1]}={plots._tick(v)}" for k, v in zip(keys, values, strict=True)
+        )
+        seeds = cells["run_id"].nunique()
+        out[f"heatmap_{n}.png"] = plots.accuracy_heatmap(
+            mean.to_numpy(),
+            mean.columns.to_numpy(),
+            mean.index.to_numpy(),
+            _trained_px(first),
+            chance if math.isfinite(chance) else 0.0,
+            f"{label or study.name}, mean of {seeds} seeds",
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Claim 2: learned invariance transfers to new items.
+
+
+@register("transfer")
+def transfer(study: StudyData) -> Section:
+    section = Section(
+        "transfer",
+        "Invariance learned on one item set transfers to new items",
+        "Pretrained fully translated on set A, are new items of set B learned at one location "
+        "recognised elsewhere, more than by a vanilla network?",
+    )
+    runs = study.runs
+    layer = representation_layer(runs.columns)
+    g = metrics.invariance_key("G", layer) if layer else None
+    by = ["pretrain.dataset", "finetune.dataset"]
+    by = [k for k in by if k in runs]
+    columns = [metrics.ACC_TRAINED, metrics.ACC_UNTRAINED, metrics.TRANSFER_RATIO, g]
+    section.tables.append(
+        (
+            "By pretraining and finetuning set",
+            condition_table(study.runs, by, [c for c in columns if c]),
+        )
+    )
+    section.figures["transfer.png"] = study_plots.condition_bars(
+        runs, "finetune.dataset", metrics.ACC_UNTRAINED, "pretrain.dataset", chance_of(runs)
+    )
+    for target, rows in runs.groupby("finetune.dataset", sort=True):
+        vanilla = rows[rows["pretrain.dataset"] == "none"]
+        for source, pretrained in rows[rows["pretrain.dataset"] != "none"].groupby(
+            "pretrain.dataset", sort=True
+        ):
+            section.checks.append(
+                compare(
+                    pretrained[metrics.ACC_UNTRAINED],
+                    vanilla[metrics.ACC_UNTRAINED],
+                    f"pretraining on {source} raises acc@untrained on new {target} items above "
+                    "vanilla",
+                    f"{source} -> {target} vs vanilla -> {target}, acc@untrained",
+                )
+            )
+    return section
+
+
+# ---------------------------------------------------------------------------------------------
+# Claim 3: covering the canvas is not enough.
+
+CONTROL_REGIMES = ("class_region", "exemplar_location", "location")
+
+
+@register("coverage_controls")
+def coverage_controls(study: StudyData) -> Section:
+    section = Section(
+        "coverage_controls",
+        "Covering the canvas is not enough",
+        "Does pretraining that puts items everywhere without translating any of them "
+        "(class per region, exemplar per location) teach invariance, like full translation?",
+    )
+    runs = study.runs
+    layer = representation_layer(runs.columns)
+    frame = with_g_at_start(study, layer)
+    g0 = f"{metrics.invariance_key('G', layer)} at step 0" if layer else None
+    columns = [metrics.ACC_TRAINED, metrics.ACC_UNTRAINED, metrics.invariance_key("G", layer or "")]
+    table = condition_table(frame, ["pretrain.regime"], [*columns, g0])
+    section.tables.append(("By pretraining regime", table))
+    section.figures["coverage.png"] = study_plots.condition_bars(
+        runs, "pretrain.regime", metrics.ACC_UNTRAINED, chance=chance_of(runs)
+    )
+    whole = runs[runs["pretrain.regime"] == "whole"]
+    for control in CONTROL_REGIMES:
+        rows = runs[runs["pretrain.regime"] == control]
+        if rows.empty:
+            continue
+        section.checks.append(
+            compare(
+                whole[metrics.ACC_UNTRAINED],
+                rows[metrics.ACC_UNTRAINED],
+                f"`{control}` pretraining gives less invariance than `whole`",
+                f"whole vs {control}, acc@untrained",
+            )
+        )
+    return section
+
+
+# ---------------------------------------------------------------------------------------------
+# Claim 6: head and stride.
+
+
+@register("head_and_stride")
+def head_and_stride(study: StudyData) -> Section:
+    section = Section(
+        "head_and_stride",
+        "Head and stride: GAP heads and stride-aligned grids",
+        "Is a global-average-pooling head more invariant than a flatten head even vanilla, and "
+        "do grids whose offsets are multiples of the total stride overstate invariance?",
+    )
+    runs = study.runs
+    by = [k for k in ("model.arch", "pretrain.dataset") if k in runs]
+    section.tables.append(
+        (
+            "Untrained-location accuracy on stride-aligned and other centres",
+            condition_table(study.runs,
+                by,
+                [metrics.ACC_TRAINED, metrics.ACC_UNTRAINED, metrics.ACC_UNTRAINED_ALIGNED,
+                 metrics.ACC_UNTRAINED_UNALIGNED],
+            ),
+        )
+    )  # fmt: skip
+    long = runs.melt(
+        id_vars=["run_id", *by],
+        value_vars=[metrics.ACC_UNTRAINED_ALIGNED, metrics.ACC_UNTRAINED_UNALIGNED],
+        var_name="centres",
+        value_name="acc@untrained",
+    )
+    long["centres"] = long["centres"].str.rsplit("_", n=1).str[-1]
+    long["condition"] = condition_labels(long, by)
+    section.figures["stride.png"] = study_plots.condition_bars(
+        long, "condition", "acc@untrained", "centres", chance_of(runs)
+    )
+    gap = runs[runs["model.arch"].str.endswith("_gap")]
+    flat = runs[~runs["model.arch"].str.endswith("_gap")]
+    section.checks.append(
+        compare(
+            select(gap, pretrain__dataset="none")[metrics.ACC_UNTRAINED],
+            select(flat, pretrain__dataset="none")[metrics.ACC_UNTRAINED],
+            "a GAP head is more invariant than a flatten head, even vanilla",
+            "acc@untrained, vanilla GAP vs vanilla flatten",
+        )
+    )
+    inflation = gap[metrics.ACC_UNTRAINED_ALIGNED] - gap[metrics.ACC_UNTRAINED_UNALIGNED]
+    section.checks.append(
+        level(
+            inflation,
+            0.0,
+            "with a GAP head, stride-aligned centres overstate invariance",
+            "acc@untrained aligned - unaligned, GAP trials",
+            above=True,
+            margin=0.02,
+        )
+    )
+    return section
+
+
+# ---------------------------------------------------------------------------------------------
+# The zoo.
+
+
+@register("architectures")
+def architectures(study: StudyData) -> Section:
+    section = Section(
+        "architectures",
+        "Architectures: none invariant by construction, each can learn it",
+        "For each network of the zoo, is the vanilla net near chance away from the trained "
+        "location, and does fully translated pretraining raise it?",
+    )
+    runs = study.runs
+    by = [k for k in ("model.arch", "pretrain.dataset") if k in runs]
+    section.tables.append(
+        (
+            "By architecture",
+            condition_table(
+                study.runs, by, [metrics.ACC_TRAINED, metrics.ACC_UNTRAINED, metrics.TRANSFER_RATIO]
+            ),
+        )
+    )
+    section.figures["architectures.png"] = study_plots.condition_bars(
+        runs, "model.arch", metrics.ACC_UNTRAINED, "pretrain.dataset", chance_of(runs)
+    )
+    for arch, rows in runs.groupby("model.arch", sort=True):
+        vanilla = rows[rows["pretrain.dataset"] == "none"]
+        section.checks.append(
+            level(
+                vanilla[metrics.TRANSFER_RATIO],
+                NEAR_CHANCE_RATIO,
+                f"vanilla {arch} is near chance at untrained locations",
+                f"{arch} vanilla transfer ratio",
+                above=False,
+            )
+        )
+        sources = rows[rows["pretrain.dataset"] != "none"].groupby("pretrain.dataset", sort=True)
+        for source, pretrained in sources:
+            how = (
+                "ImageNet weights teach"
+                if source == "imagenet"
+                else f"pretraining on {source} teaches"
+            )
+            section.checks.append(
+                compare(
+                    pretrained[metrics.ACC_UNTRAINED],
+                    vanilla[metrics.ACC_UNTRAINED],
+                    f"{how} {arch} invariance",
+                    f"{arch} acc@untrained, {source} vs vanilla",
+                )
+            )
+    return section
