@@ -64,7 +64,9 @@ def curves_with_bands(
         replicates = int(stats["count"].max())
         name = name[0] if isinstance(name, tuple) else name
         label = f"n = {replicates}" if group is None else f"{group} = {name}  (n = {replicates})"
-        ax.fill_between(xv, stats["min"], stats["max"], color=colour, alpha=0.2, linewidth=0)
+        # Many overlapping bands turn to mud: fainter bands the more lines there are.
+        band = 0.2 if len(groups) <= 3 else 0.08
+        ax.fill_between(xv, stats["min"], stats["max"], color=colour, alpha=band, linewidth=0)
         ax.plot(
             xv,
             stats["mean"],

@@ -146,8 +146,9 @@ def forgetting(study: StudyData) -> Section:
     long = long.assign(condition=condition_labels(long, by))
     for key in keys:
         name = key.replace("/", "_")
+        curve = long[long["key"] == key].rename(columns={"step": "finetuning step", "value": key})
         section.figures[f"{name}.png"] = study_plots.curves_with_bands(
-            long[long["key"] == key], "step", "value", "condition", key
+            curve, "finetuning step", key, "condition", "over finetuning"
         )
     section.headline = f"{g.replace('/', '_')}.png"
     drops = [metrics.drop_key(k) for k in keys[:3]]
