@@ -36,6 +36,7 @@ from transinv.config import ConfigError
 from transinv.results import load_runs, study_info, tracking_uri
 from transinv.tracking import Tracker
 
+HEATMAP_PREFIX = "heatmap_"
 VERDICT_MARK = {"held": "held", "partly": "partly", "not held": "**not held**"}
 
 
@@ -204,8 +205,19 @@ def render_study(report: StudyReport, prefix: str) -> str:
             lines += [note, ""]
         for title, table in section.tables:
             lines += [f"**{title}**", "", markdown_table(table), ""]
+        maps = [n for n in section.figures if n.startswith(HEATMAP_PREFIX)]
         for name in section.figures:
-            lines += [f"![{section.analysis}: {name}]({prefix}{_figure_file(section, name)})", ""]
+            if name not in maps:
+                path = f"{prefix}{_figure_file(section, name)}"
+                lines += [f"![{section.analysis}: {name}]({path})", ""]
+        if maps:  # small multiples: three accuracy maps a row
+            lines += [
+                "".join(
+                    f'<img src="{prefix}{_figure_file(section, n)}" width="32%" alt="{n}">'
+                    for n in maps
+                ),
+                "",
+            ]
     return "\n".join(lines) + "\n"
 
 

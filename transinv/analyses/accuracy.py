@@ -4,6 +4,7 @@ learned invariance (2), coverage controls (3), head and stride (6), and the zoo.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -155,13 +156,14 @@ def _mean_heatmaps(study: StudyData, chance: float) -> dict[str, Figure]:
             f"{k.split('.')[-1]}={plots._tick(v)}" for k, v in zip(keys, values, strict=True)
         )
         seeds = cells["run_id"].nunique()
-        out[f"heatmap_{n}.png"] = plots.accuracy_heatmap(
+        slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", label.replace(" ", "_")) or str(n)
+        out[f"heatmap_{slug}.png"] = plots.accuracy_heatmap(
             mean.to_numpy(),
             mean.columns.to_numpy(),
             mean.index.to_numpy(),
             _trained_px(first),
             chance if math.isfinite(chance) else 0.0,
-            f"{label or study.name}, mean of {seeds} seeds",
+            f"\n{label or study.name}, mean of {seeds} seeds",  # two lines: long labels fit
         )
     return out
 
@@ -207,6 +209,7 @@ def transfer(study: StudyData) -> Section:
                     f"{source} -> {target} vs vanilla -> {target}, acc@untrained",
                 )
             )
+    section.figures.update(_mean_heatmaps(study, chance_of(study.runs)))
     return section
 
 
@@ -247,6 +250,7 @@ def coverage_controls(study: StudyData) -> Section:
                 f"whole vs {control}, acc@untrained",
             )
         )
+    section.figures.update(_mean_heatmaps(study, chance_of(study.runs)))
     return section
 
 
@@ -306,6 +310,7 @@ def head_and_stride(study: StudyData) -> Section:
             margin=0.02,
         )
     )
+    section.figures.update(_mean_heatmaps(study, chance_of(study.runs)))
     return section
 
 
