@@ -181,9 +181,11 @@ def best_regimes(
 ) -> pd.DataFrame:
     """Conditions ranked by the mean of `metric` over their trials (seeds), with the spread.
 
-    where: constraints as (metric, op, value), e.g. [("finetune/acc_trained", ">=", 0.9)];
-    a condition's trials that violate them are dropped. Columns: the `by` keys, mean, std, min,
-    max, n (trials), seeds.
+    where: constraints as (metric, op, value), e.g. [("finetune/acc_trained", ">=", 0.9)],
+    met by a condition when the mean over its trials meets them (what Optuna is told of a
+    repeated suggestion); dropping the seeds that miss would flatter a regime that works for
+    some seeds only. Columns: the `by` keys, mean, std, min, max, n (trials), seeds, and the
+    mean of each constraint metric.
     """
     if mode not in ("max", "min"):
         raise ConfigError(f"mode {mode!r} must be max or min")
@@ -193,19 +195,22 @@ def best_regimes(
             f"columns {missing} are not in the runs; available: {', '.join(runs.columns)}"
         )
     frame = runs if status is None else runs[runs["status"] == status]
-    for key, op, value in where:
+    for key, _, _ in where:
         if key not in frame.columns:
             raise ConfigError(f"constraint metric {key!r} is not in the runs")
-        frame = frame[_compare(frame[key], op, value)]
     frame = frame[frame[metric].notna()]
+    constrained = [f"{key} mean" for key, _, _ in where]
     if frame.empty:
-        return pd.DataFrame(columns=[*by, "mean", "std", "min", "max", "n", "seeds"])
-    grouped = frame.groupby(list(by), dropna=False)[metric]
-    table = grouped.agg(["mean", "std", "min", "max", "count"]).rename(columns={"count": "n"})
+        return pd.DataFrame(columns=[*by, "mean", "std", "min", "max", "n", "seeds", *constrained])
+    groups = frame.groupby(list(by), dropna=False)
+    table = (
+        groups[metric].agg(["mean", "std", "min", "max", "count"]).rename(columns={"count": "n"})
+    )
     if "seed" in frame.columns:
-        table["seeds"] = frame.groupby(list(by), dropna=False)["seed"].agg(
-            lambda s: ",".join(map(str, sorted(s)))
-        )
+        table["seeds"] = groups["seed"].agg(lambda s: ",".join(map(str, sorted(s))))
+    for (key, op, value), column in zip(where, constrained, strict=True):
+        table[column] = groups[key].mean()
+        table = table[_compare(table[column], op, value)]
     table = table.sort_values("mean", ascending=(mode == "min")).reset_index()
     table.attrs["metric"], table.attrs["mode"] = metric, mode
     return table

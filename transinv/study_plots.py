@@ -129,7 +129,11 @@ def condition_bars(
     data = frame[frame[y].notna()]
     xs = sorted(data[x].unique(), key=_order) if not data.empty else []
     hues = sorted(data[hue].unique(), key=_order) if hue and not data.empty else [None]
-    fig = Figure(figsize=(max(6.0, 1.1 * len(xs) * max(1, len(hues)) + 2.5), 4.6))
+    # Side by side only where an x has several hue levels; a hue that partitions the x levels
+    # (a flag per condition) colours centred bars instead.
+    dodge = hue is not None and bool(len(data)) and data.groupby(x)[hue].nunique().max() > 1
+    slots = len(hues) if dodge else 1
+    fig = Figure(figsize=(min(14.0, max(6.0, 1.1 * len(xs) * slots + 2.5)), 4.6))
     fig.set_layout_engine("constrained")
     ax = fig.subplots()
     ax.set_title(_title(y, title))
@@ -138,18 +142,19 @@ def condition_bars(
     if data.empty:
         _no_data(ax, f"no finite {y}")
         return fig
-    width = 0.8 / len(hues)
+    width = 0.8 / slots
     rng = np.random.default_rng(0)  # fixed jitter: the same figure every time
     for j, level in enumerate(hues):
         colour = OKABE_ITO[j % len(OKABE_ITO)]
         rows = data if level is None else data[data[hue] == level]
+        label = f"{hue} = {_tick(level)}" if hue else None
         for i, value in enumerate(xs):
             points = rows.loc[rows[x] == value, y].to_numpy(dtype=np.float64)
             if points.size == 0:
                 continue
-            centre = i - 0.4 + width * (j + 0.5)
-            label = None if i else (f"{hue} = {_tick(level)}" if hue else None)
+            centre = i - 0.4 + width * (j + 0.5) if dodge else i
             ax.bar(centre, points.mean(), width * 0.9, color=colour, alpha=0.55, label=label)
+            label = None  # one legend entry per hue level
             ax.errorbar(
                 centre,
                 points.mean(),

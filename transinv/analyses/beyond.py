@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
+import pandas as pd
 
 from transinv import metrics, plots, study_plots
 from transinv.analyses.base import (
@@ -14,6 +14,7 @@ from transinv.analyses.base import (
     Check,
     Section,
     StudyData,
+    chance_of,
     condition_table,
     register,
     representation_layer,
@@ -127,10 +128,13 @@ def regime_search(study: StudyData) -> Section:
     by = study.conditions or ["trial_id"]
     table = best_regimes(runs, metrics.ACC_UNTRAINED, by=by, where=constraints)
     section.tables.append(("Best regimes (mean over seeds, constraint applied)", table.head(5)))
-    ordered = runs.sort_values("start_time").reset_index(drop=True)
-    ordered["trial"] = np.arange(1, len(ordered) + 1)
-    section.figures["search_history.png"] = study_plots.curves_with_bands(
-        ordered, "trial", metrics.ACC_UNTRAINED, title="each trial, in launch order"
+    section.figures["search_history.png"] = study_plots.condition_bars(
+        _suggestions(runs, by, constraints),
+        "suggestion",
+        metrics.ACC_UNTRAINED,
+        "constraints met",
+        chance_of(runs),
+        "each suggestion in launch order, its seeds as dots",
     )
     if table.empty:
         section.checks.append(Check("a regime satisfies the constraints", "none does", NO_DATA))
@@ -148,6 +152,22 @@ def regime_search(study: StudyData) -> Section:
         )
     )
     return section
+
+
+def _suggestions(
+    runs: pd.DataFrame, by: list[str], constraints: list[tuple[str, str, float]]
+) -> pd.DataFrame:
+    """The runs with `suggestion` (1, 2, ... in launch order of each regime's first seed) and
+    `constraints met` (by the regime's mean, as in `best_regimes`)."""
+    keys = runs[by].astype(str).agg(" ".join, axis=1)
+    first = runs.assign(key=keys).groupby("key")["start_time"].min().sort_values()
+    order = {key: n + 1 for n, key in enumerate(first.index)}
+    frame = runs.assign(suggestion=keys.map(order))
+    met = pd.Series(True, index=frame.index)
+    for metric, op, value in constraints:
+        means = frame.groupby("suggestion")[metric].transform("mean")
+        met &= {">=": means.ge, "<=": means.le, ">": means.gt, "<": means.lt}[op](value)
+    return frame.assign(**{"constraints met": met.map({True: "yes", False: "no"})})
 
 
 def _constraints(text: str) -> list[tuple[str, str, float]]:
