@@ -1,7 +1,7 @@
 """The pretraining cache: the four freeze modes of the forgetting study finetuned from one
 pretraining, each trial pretraining itself vs all but the first loading it, side by side.
 
-    .venv/bin/python benchmarks/bench_pretrain_cache.py                   # ~3 min on 2 cores
+    .venv/bin/python benchmarks/bench_pretrain_cache.py                   # ~9 min on 2 cores
     .venv/bin/python benchmarks/bench_pretrain_cache.py --pretrain-steps 1000 --rounds 1
 
 Trials are the small budget's (search_spaces/base/small_budget.yaml) on one thread, in this

@@ -210,7 +210,7 @@ def test_regime_search_repeats_each_suggestion_over_seeds(ran, tracking_uri):
 def test_report_writes_the_readme_results_section_between_its_markers(ran, tracking_uri, tmp_path):
     names, _ = ran
     readme = tmp_path / "README.md"
-    readme.write_text("# p\n\nbefore\n<!-- results:begin -->\nold\n<!-- results:end -->\nafter\n")
+    readme.write_text("# p\n\nbefore\n<!-- results:begin -->\nSTALE\n<!-- results:end -->\nafter\n")
     out = tmp_path / "docs" / "results"
     args = ["report", *names[:2], "--out", str(out), "--no-log", "--readme", str(readme)]
     assert cli.main([*args, "--tracking-uri", tracking_uri]) == 0
@@ -218,7 +218,7 @@ def test_report_writes_the_readme_results_section_between_its_markers(ran, track
     assert text.startswith("# p\n\nbefore\n<!-- results:begin -->\n") and text.endswith(
         "<!-- results:end -->\nafter\n"
     )
-    assert "old" not in text and all(f"`{n}`" in text for n in names[:2])
+    assert "STALE" not in text and all(f"`{n}`" in text for n in names[:2])
     images = [line.split('"')[1] for line in text.splitlines() if line.startswith("<img ")]
     assert images and all((tmp_path / image).is_file() for image in images)
     readme.write_text("no markers\n")
