@@ -123,6 +123,12 @@ def train(config: dict[str, Any], study: StudyContext) -> None:
         result = run_trial(trial, on_eval, checkpoint_state)
         tracker.set_tags(run_id, {"transinv.pretrain_cache": result.info["pretrain/cache"]})
         log.finish(result)
+    except SystemExit:
+        # How Tune stops a trial (tune.report raises it when the study is interrupted or a
+        # scheduler stops the trial): not a failure. The driver closes the run KILLED or
+        # FINISHED, and a resumed trial reattaches to it.
+        log.detach()
+        raise
     except BaseException as exc:
         log.fail("".join(traceback.format_exception(exc)))
         raise

@@ -90,6 +90,14 @@ class RunLog:
         self.queue.flush()
         self.tracker.finish(self.run_id, "FINISHED")
 
+    def detach(self) -> None:
+        """Deliver what was queued and leave the run's status to the driver: the trial was
+        stopped (an interrupted study, a scheduler's early stop), it did not fail."""
+        try:
+            self.queue.flush()
+        except TrackingError:
+            pass
+
     def fail(self, error: str) -> None:
         """End the run FAILED with the error, after what was queued (whose own failure is
         secondary to the trial's)."""
