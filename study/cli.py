@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from transinv.config import KEY_TYPES, ConfigError
+from transinv.config import ConfigError
 from transinv.tracking import (
     TAG_ROLE,
     LocalServer,
@@ -221,23 +221,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from transinv.results import best_regimes, load_runs
+    from transinv.results import best_regimes, load_runs, parse_constraint, varying_keys
 
-    where = []
-    for text in args.where or []:
-        parts = text.split()
-        if len(parts) != 3:
-            raise ConfigError(f"--where {text!r} must be 'METRIC OP VALUE'")
-        where.append((parts[0], parts[1], float(parts[2])))
+    where = [parse_constraint(text) for text in args.where or []]
     with tracking(args.tracking_uri) as uri:
         runs = load_runs(args.study, uri)
-    # By default a condition is every config key that varies across trials, seeds aside.
-    varying = [
-        c
-        for c in runs.columns
-        if c in KEY_TYPES and c != "seed" and runs[c].astype(str).nunique() > 1
-    ]
-    by = args.by or varying or ["trial_id"]
+    by = args.by or varying_keys(runs) or ["trial_id"]
     table = best_regimes(runs, args.metric, by=by, mode=args.mode, where=where)
     print(table.head(args.top).to_string(index=False))
     return EXIT_OK

@@ -42,3 +42,13 @@ def test_summarize_gives_mean_std_and_n_per_condition():
     assert table["n"].tolist() == [3, 3]
     whole = summarize(runs(), [], ["acc_untrained"])
     assert whole["n"].tolist() == [6]
+
+
+def test_constraints_parse_or_name_the_expected_form():
+    from transinv.config import ConfigError
+    from transinv.results import parse_constraint
+
+    assert parse_constraint("finetune/acc_trained >= 0.9") == ("finetune/acc_trained", ">=", 0.9)
+    for bad in ("finetune/acc_trained >= high", "acc ~ 0.9", "acc >= 0.9 extra"):
+        with pytest.raises(ConfigError, match="METRIC OP VALUE"):
+            parse_constraint(bad)

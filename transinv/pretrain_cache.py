@@ -81,28 +81,30 @@ class PretrainCache:
         self.root = Path(root).expanduser()
 
     def path(self, config: TrialConfig) -> Path:
-        return self.root / f"{config.model.arch}-{pretrain_key(config)}.pt"
+        return self._path(config, pretrain_key(config))
+
+    def _path(self, config: TrialConfig, key: str) -> Path:
+        return self.root / f"{config.model.arch}-{key}.pt"
 
     def load(self, config: TrialConfig) -> Pretrained | None:
         """The stored pretraining for this config, or None (absent or unreadable)."""
-        path = self.path(config)
+        key = pretrain_key(config)
         try:
-            blob = torch.load(path, weights_only=False, map_location="cpu")
-        except FileNotFoundError:
+            blob = torch.load(self._path(config, key), weights_only=False, map_location="cpu")
+        except Exception:  # absent, partial or foreign: pretrain again (and overwrite it)
             return None
-        except Exception:  # a partial or foreign file: pretrain again and overwrite it
-            return None
-        if blob.get("version") != CACHE_VERSION or blob.get("key") != pretrain_key(config):
+        if blob.get("version") != CACHE_VERSION or blob.get("key") != key:
             return None
         return Pretrained(**blob["pretrained"])
 
     def save(self, config: TrialConfig, pretrained: Pretrained) -> Path:
         """Store atomically; concurrent writers of the same key write equal contents."""
         self.root.mkdir(parents=True, exist_ok=True)
-        path = self.path(config)
+        key = pretrain_key(config)
+        path = self._path(config, key)
         blob = {
             "version": CACHE_VERSION,
-            "key": pretrain_key(config),
+            "key": key,
             "config": {k: format_value(v) for k, v in to_flat(config).items()},
             "pretrained": pretrained.__dict__,
         }

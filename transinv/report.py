@@ -134,6 +134,11 @@ def build_report(
     return out / "report.md"
 
 
+def _counts(report: StudyReport) -> str:
+    """`18 finished, 1 failed`: the study's trial runs by status."""
+    return ", ".join(f"{n} {status.lower()}" for status, n in sorted(report.counts.items()))
+
+
 def _figure_file(section: Section, name: str) -> str:
     return f"{section.analysis}_{name}"
 
@@ -155,7 +160,7 @@ def render_summary(reports: Sequence[StudyReport], uri: str, generated: str) -> 
     ]
     lines += ["", "| study | trials | wall time | trial time |", "| --- | --- | --- | --- |"]
     for report in reports:
-        counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(report.counts.items()))
+        counts = _counts(report)
         lines.append(
             f"| {report.name} | {counts or 'none'} | {_duration(report.wall_s)} | "
             f"{_duration(report.trial_s)} |"
@@ -180,7 +185,7 @@ def render_study(report: StudyReport, prefix: str) -> str:
     info = report.data.info
     runs = report.data.runs
     seeds = ", ".join(map(str, sorted(runs["seed"].unique()))) if "seed" in runs else "?"
-    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(report.counts.items()))
+    counts = _counts(report)
     lines = [
         f"## Study `{report.name}`",
         "",
@@ -292,7 +297,7 @@ def render_readme(reports: Sequence[StudyReport], figures: Path, generated: str)
         lines.append(f'<img src="{path.as_posix()}" width="49%" alt="{section.title}">')
     lines += ["", "| study | trials | wall time on this machine |", "| --- | --- | --- |"]
     for report in reports:
-        counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(report.counts.items()))
+        counts = _counts(report)
         lines.append(f"| `{report.name}` | {counts} | {_duration(report.wall_s)} |")
     total = sum(r.wall_s for r in reports if math.isfinite(r.wall_s))
     lines.append(f"| all | {sum(sum(r.counts.values()) for r in reports)} | {_duration(total)} |")

@@ -189,15 +189,7 @@ def best_regimes(
     """
     if mode not in ("max", "min"):
         raise ConfigError(f"mode {mode!r} must be max or min")
-    missing = [c for c in [metric, *by] if c not in runs.columns]
-    if missing:
-        raise ConfigError(
-            f"columns {missing} are not in the runs; available: {', '.join(runs.columns)}"
-        )
-    frame = runs if status is None else runs[runs["status"] == status]
-    for key, _, _ in where:
-        if key not in frame.columns:
-            raise ConfigError(f"constraint metric {key!r} is not in the runs")
+    frame = _rows(runs, status, [metric, *by, *(key for key, _, _ in where)])
     frame = frame[frame[metric].notna()]
     constrained = [f"{key} mean" for key, _, _ in where]
     if frame.empty:
@@ -210,7 +202,7 @@ def best_regimes(
         table["seeds"] = groups["seed"].agg(lambda s: ",".join(map(str, sorted(s))))
     for (key, op, value), column in zip(where, constrained, strict=True):
         table[column] = groups[key].mean()
-        table = table[_compare(table[column], op, value)]
+        table = table[meets(table[column], op, value)]
     table = table.sort_values("mean", ascending=(mode == "min")).reset_index()
     table.attrs["metric"], table.attrs["mode"] = metric, mode
     return table
@@ -224,12 +216,7 @@ def summarize(
 ) -> pd.DataFrame:
     """One row per condition (the `by` keys; one row in all when empty): `n` trials, then
     `<metric> mean` and `<metric> std` (over seeds) for each metric, in condition order."""
-    frame = runs if status is None else runs[runs["status"] == status]
-    missing = [c for c in [*by, *metrics] if c not in frame.columns]
-    if missing:
-        raise ConfigError(
-            f"columns {missing} are not in the runs; available: {', '.join(frame.columns)}"
-        )
+    frame = _rows(runs, status, [*by, *metrics])
     keys = list(by) or (lambda _: 0)
     grouped = frame.groupby(keys, dropna=False, sort=True)
     table = grouped.size().rename("n").to_frame()
@@ -240,7 +227,45 @@ def summarize(
     return table
 
 
-def _compare(column: pd.Series, op: str, value: float) -> pd.Series:
+def _rows(runs: pd.DataFrame, status: str | None, columns: Sequence[str]) -> pd.DataFrame:
+    """The runs of `status` (all when None); ConfigError naming any column they lack."""
+    missing = [c for c in columns if c not in runs.columns]
+    if missing:
+        raise ConfigError(
+            f"columns {missing} are not in the runs; available: {', '.join(runs.columns)}"
+        )
+    return runs if status is None else runs[runs["status"] == status]
+
+
+def varying_keys(runs: pd.DataFrame) -> list[str]:
+    """Config keys that vary across the runs, seeds aside: what defines a condition."""
+    return [
+        c
+        for c in runs.columns
+        if c in KEY_TYPES and c != "seed" and runs[c].astype(str).nunique() > 1
+    ]
+
+
+CONSTRAINT_OPS = (">=", "<=", ">", "<", "==")
+
+
+def parse_constraint(text: str) -> tuple[str, str, float]:
+    """`finetune/acc_trained >= 0.9` as (metric, op, value)."""
+    parts = text.split()
+    try:
+        metric, op, value = parts
+        if op not in CONSTRAINT_OPS:
+            raise ValueError(op)
+        return metric, op, float(value)
+    except ValueError:
+        raise ConfigError(
+            f"constraint {text!r} must be 'METRIC OP VALUE' with OP one of "
+            f"{', '.join(CONSTRAINT_OPS)}"
+        ) from None
+
+
+def meets(column: pd.Series, op: str, value: float) -> pd.Series:
+    """Where `column op value` holds (`op` one of CONSTRAINT_OPS)."""
     ops = {
         ">=": column.ge,
         "<=": column.le,

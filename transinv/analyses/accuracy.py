@@ -23,7 +23,6 @@ from transinv.analyses.base import (
     mean_std,
     register,
     representation_layer,
-    select,
     with_g_at_start,
 )
 from transinv.regimes import point_to_pixel
@@ -293,8 +292,8 @@ def head_and_stride(study: StudyData) -> Section:
     flat = runs[~runs["model.arch"].str.endswith("_gap")]
     section.checks.append(
         compare(
-            select(gap, pretrain__dataset="none")[metrics.ACC_UNTRAINED],
-            select(flat, pretrain__dataset="none")[metrics.ACC_UNTRAINED],
+            gap.loc[gap["pretrain.dataset"] == "none", metrics.ACC_UNTRAINED],
+            flat.loc[flat["pretrain.dataset"] == "none", metrics.ACC_UNTRAINED],
             "a GAP head is more invariant than a flatten head, even vanilla",
             "acc@untrained, vanilla GAP vs vanilla flatten",
         )

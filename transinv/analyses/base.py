@@ -12,8 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from transinv import metrics, plots
-from transinv.config import KEY_TYPES
-from transinv.results import curves, final_grids, summarize, with_config
+from transinv.results import curves, final_grids, summarize, varying_keys, with_config
 
 MARGIN = 0.05
 """Smallest difference (in accuracy or G) that counts as an effect."""
@@ -65,11 +64,7 @@ class StudyData:
     @cached_property
     def conditions(self) -> list[str]:
         """Config keys that vary across the trials, seeds aside: what defines a condition."""
-        return [
-            c
-            for c in self.runs.columns
-            if c in KEY_TYPES and c != "seed" and self.runs[c].astype(str).nunique() > 1
-        ]
+        return varying_keys(self.runs)
 
     def curves(self, keys: Sequence[str]) -> pd.DataFrame:
         """Long curves of `keys` (run_id, key, step, value) with the condition columns and seed."""
@@ -124,6 +119,12 @@ def _se(values: pd.Series) -> float:
     return float(values.std() / math.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
+def _verdict(effect: float, se: float, margin: float) -> str:
+    """The one rule: an effect in the expected direction beyond both the margin and two
+    standard errors is held; in the right direction only, partly."""
+    return HELD if effect > max(margin, 2 * se) else PARTLY if effect > 0 else NOT_HELD
+
+
 def compare(
     higher: pd.Series, lower: pd.Series, expectation: str, what: str, margin: float = MARGIN
 ) -> Check:
@@ -134,7 +135,7 @@ def compare(
         return Check(expectation, f"{what}: missing trials", NO_DATA)
     diff = float(higher.mean() - lower.mean())
     se = math.hypot(_se(higher), _se(lower))
-    verdict = HELD if diff > max(margin, 2 * se) else PARTLY if diff > 0 else NOT_HELD
+    verdict = _verdict(diff, se, margin)
     measured = f"{what}: {mean_std(higher)} vs {mean_std(lower)}; difference {diff:+.2f}"
     values = {
         "higher_mean": float(higher.mean()),
@@ -162,7 +163,7 @@ def level(
         return Check(expectation, f"{what}: missing trials", NO_DATA)
     mean, se = float(values.mean()), _se(values)
     beyond = (mean - bound) if above else (bound - mean)
-    verdict = HELD if beyond > max(margin, 2 * se) else PARTLY if beyond > 0 else NOT_HELD
+    verdict = _verdict(beyond, se, margin)
     measured = f"{what}: {mean_std(values)} ({'>' if above else '<'} {bound:.2f} expected)"
     return Check(expectation, measured, verdict, {"mean": mean, "se": se, "n": len(values)})
 
@@ -236,10 +237,3 @@ def with_g_at_start(study: StudyData, layer: str | None) -> pd.DataFrame:
     if layer is None:
         return study.runs
     return study.runs.merge(g_at_start(study, layer), on="run_id", how="left")
-
-
-def select(frame: pd.DataFrame, **equals: object) -> pd.DataFrame:
-    mask = pd.Series(True, index=frame.index)
-    for key, value in equals.items():
-        mask &= frame[key.replace("__", ".")] == value
-    return frame[mask]

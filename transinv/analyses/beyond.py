@@ -21,7 +21,7 @@ from transinv.analyses.base import (
     trend,
     with_g_at_start,
 )
-from transinv.results import best_regimes
+from transinv.results import best_regimes, meets, parse_constraint
 
 # ---------------------------------------------------------------------------------------------
 # Beyond the paper.
@@ -124,7 +124,8 @@ def regime_search(study: StudyData) -> Section:
         "rate) maximises acc@untrained while still learning the trained location?",
     )
     runs = study.runs
-    constraints = _constraints(study.info.get("constraints", ""))
+    text = str(study.info.get("constraints") or "")  # the parent run's `a >= x; b < y`
+    constraints = [parse_constraint(part) for part in text.split(";") if part.strip()]
     by = study.conditions or ["trial_id"]
     table = best_regimes(runs, metrics.ACC_UNTRAINED, by=by, where=constraints)
     section.tables.append(("Best regimes (mean over seeds, constraint applied)", table.head(5)))
@@ -166,14 +167,5 @@ def _suggestions(
     met = pd.Series(True, index=frame.index)
     for metric, op, value in constraints:
         means = frame.groupby("suggestion")[metric].transform("mean")
-        met &= {">=": means.ge, "<=": means.le, ">": means.gt, "<": means.lt}[op](value)
+        met &= meets(means, op, value)
     return frame.assign(**{"constraints met": met.map({True: "yes", False: "no"})})
-
-
-def _constraints(text: str) -> list[tuple[str, str, float]]:
-    """`finetune/acc_trained >= 0.9; ...` (the parent run's param) as (metric, op, value)."""
-    out = []
-    for part in filter(None, (p.strip() for p in str(text or "").split(";"))):
-        metric, op, value = part.split()
-        out.append((metric, op, float(value)))
-    return out
