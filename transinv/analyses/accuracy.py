@@ -44,16 +44,14 @@ def not_invariant(study: StudyData) -> Section:
     runs = study.runs
     chance = chance_of(runs)
     by = study.conditions
-    section.tables.append(
-        (
-            "Accuracy at and away from the trained location",
-            condition_table(study.runs,
-                by,
-                [metrics.ACC_TRAINED, metrics.ACC_UNTRAINED, metrics.TRANSFER_RATIO,
-                 metrics.FRAC_UNTRAINED_GE_HALF],
-            ),
-        )
-    )  # fmt: skip
+    columns = [
+        metrics.ACC_TRAINED,
+        metrics.ACC_UNTRAINED,
+        metrics.TRANSFER_RATIO,
+        metrics.FRAC_UNTRAINED_GE_HALF,
+    ]
+    table = condition_table(runs, by, columns)
+    section.tables.append(("Accuracy at and away from the trained location", table))
     section.checks.append(
         level(
             runs[metrics.ACC_TRAINED],
@@ -267,16 +265,16 @@ def head_and_stride(study: StudyData) -> Section:
     )
     runs = study.runs
     by = [k for k in ("model.arch", "pretrain.dataset") if k in runs]
+    columns = [
+        metrics.ACC_TRAINED,
+        metrics.ACC_UNTRAINED,
+        metrics.ACC_UNTRAINED_ALIGNED,
+        metrics.ACC_UNTRAINED_UNALIGNED,
+    ]
+    table = condition_table(runs, by, columns)
     section.tables.append(
-        (
-            "Untrained-location accuracy on stride-aligned and other centres",
-            condition_table(study.runs,
-                by,
-                [metrics.ACC_TRAINED, metrics.ACC_UNTRAINED, metrics.ACC_UNTRAINED_ALIGNED,
-                 metrics.ACC_UNTRAINED_UNALIGNED],
-            ),
-        )
-    )  # fmt: skip
+        ("Untrained-location accuracy on stride-aligned and other centres", table)
+    )
     long = runs.melt(
         id_vars=["run_id", *by],
         value_vars=[metrics.ACC_UNTRAINED_ALIGNED, metrics.ACC_UNTRAINED_UNALIGNED],
