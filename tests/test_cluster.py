@@ -7,7 +7,8 @@ initialised in a temporary directory) as MLflow's backend store, an MLflow serve
 artifacts and the compose file's --allowed-hosts, a Ray head plus one worker node with token
 authentication, and a study launched against the head with the real CLI. Fixtures start and
 stop only their own processes, by process group (never `ray stop`, which stops every Ray of the
-user). `.ci/run` installs docker-compose and PostgreSQL where they are missing.
+user). `scripts/test-packages.sh` (the README's test command) installs docker-compose and
+PostgreSQL where they are missing.
 
     .venv/bin/pytest tests/test_cluster.py -q        # ~2 min on 2 cores
 """
@@ -73,7 +74,9 @@ space:
 def docker_compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     exe = shutil.which("docker-compose")
     if exe is None:
-        pytest.fail("docker-compose is not installed: `apt-get install docker-compose` (.ci/run)")
+        pytest.fail(
+            "docker-compose is not installed: `bash scripts/test-packages.sh` installs it"
+        )
     return subprocess.run(
         [exe, "-f", str(COMPOSE), *args],
         cwd=PROJECT,
@@ -171,7 +174,7 @@ def _pg_tool(name: str) -> str:
         key=lambda p: int(Path(p).parts[4]) if Path(p).parts[4].isdigit() else 0,
     )
     if not found:
-        pytest.fail("PostgreSQL is not installed: `apt-get install postgresql` (.ci/run)")
+        pytest.fail("PostgreSQL is not installed: `bash scripts/test-packages.sh` installs it")
     return found[-1]
 
 
