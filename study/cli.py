@@ -221,9 +221,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from transinv.results import best_regimes, load_runs, parse_constraint, varying_keys
+    from transinv.constraints import Constraint
+    from transinv.results import best_regimes, load_runs, varying_keys
 
-    where = [parse_constraint(text) for text in args.where or []]
+    where = [Constraint.parse(text, "--where") for text in args.where or []]
     with tracking(args.tracking_uri) as uri:
         runs = load_runs(args.study, uri)
     by = args.by or varying_keys(runs) or ["trial_id"]

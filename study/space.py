@@ -32,6 +32,7 @@ import yaml
 
 from transinv import config as cfg
 from transinv.config import ConfigError, TrialConfig
+from transinv.constraints import METRIC_PATTERN, Constraint
 
 TOP_KEYS = (
     "study",
@@ -54,13 +55,11 @@ MODES = ("max", "min")
 SAMPLERS = ("tpe", "gp", "random", "grid")
 SCHEDULERS = ("fifo", "asha")
 DOMAIN_KINDS = ("choice", "uniform", "loguniform", "int", "grid")
-CONSTRAINT_OPS = (">=", "<=", ">", "<")
 CONDITIONS = ("when", "when_not")
 _DOMAIN_OPTIONS = {"int": ("step", "log")}
 
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
-METRIC_RE = re.compile(r"^[a-z_]+/[a-zA-Z0-9_./]+$")
-_CONSTRAINT_RE = re.compile(r"^\s*([a-z_]+/[a-zA-Z0-9_./]+)\s*(>=|<=|>|<)\s*(\S+)\s*$")
+METRIC_RE = re.compile(rf"^{METRIC_PATTERN}$")
 
 # Enumerated keys whose choices live in transinv.config rather than in a registry.
 ENUM_CHOICES: dict[str, tuple[str, ...]] = {
@@ -71,54 +70,6 @@ ENUM_CHOICES: dict[str, tuple[str, ...]] = {
     "eval.schedule": cfg.EVAL_SCHEDULES,
     "run.device": cfg.DEVICES,
 }
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """`metric op value`, e.g. `finetune/acc_trained >= 0.9`."""
-
-    metric: str
-    op: str
-    value: float
-
-    def holds(self, metrics: Mapping[str, float]) -> bool:
-        """True iff the metric is reported, not NaN, and satisfies the bound."""
-        m = _metric(metrics, self.metric)
-        if m is None:
-            return False
-        return {
-            ">=": m >= self.value,
-            "<=": m <= self.value,
-            ">": m > self.value,
-            "<": m < self.value,
-        }[self.op]
-
-    def violation(self, metrics: Mapping[str, float]) -> float:
-        """How far the metric is from the bound: 0 when it holds, inf when missing or NaN.
-
-        Optuna counts values <= 0 as feasible, so a strict bound met with equality is a tiny
-        positive violation rather than 0.
-        """
-        m = _metric(metrics, self.metric)
-        if m is None:
-            return math.inf
-        if self.holds(metrics):
-            return 0.0
-        return max(abs(m - self.value), 1e-12)
-
-    def __str__(self) -> str:
-        return f"{self.metric} {self.op} {self.value:.12g}"
-
-
-def _metric(metrics: Mapping[str, float], key: str) -> float | None:
-    value = metrics.get(key)
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(value) else value
 
 
 @dataclass(frozen=True)
@@ -313,22 +264,6 @@ def _base_fixed(f: _File, base: Any) -> list[tuple[Path, dict[str, Any]]]:
     return [(path, fixed)]
 
 
-def _constraint(f: _File, text: Any, where: str) -> Constraint:
-    match = _CONSTRAINT_RE.match(text) if isinstance(text, str) else None
-    try:
-        value = float(match.group(3)) if match else math.nan
-    except ValueError:
-        value = math.nan
-    f.check(
-        math.isfinite(value),
-        where,
-        f"bad constraint {text!r}",
-        f"expected '<metric> <op> <number>' like 'finetune/acc_trained >= 0.9', "
-        f"op one of {', '.join(CONSTRAINT_OPS)}",
-    )
-    return Constraint(match.group(1), match.group(2), value)
-
-
 def _domain(
     f: _File,
     key: str,
@@ -463,7 +398,9 @@ def load_space(path: str | Path) -> StudySpec:
     f.check(
         isinstance(listed, list), "constraints", f"bad constraints {listed!r}", "expected a list"
     )
-    constraints = tuple(_constraint(f, c, f"constraints[{i}]") for i, c in enumerate(listed))
+    constraints = tuple(
+        Constraint.parse(c, f.source(f"constraints[{i}]")) for i, c in enumerate(listed)
+    )
 
     search = f.mapping(raw.get("search"), "search", ("sampler", "seed"))
     sampler = f.one_of(search.get("sampler", "tpe"), "search.sampler", SAMPLERS)

@@ -30,6 +30,7 @@ from study.space import (
     grid_param_space,
 )
 from study.trial import PHASE_STEP, StudyContext, train
+from transinv import constraints
 from transinv.config import ConfigError
 from transinv.tracking import TAG_DIGEST, TAG_TRIAL, Tracker
 
@@ -176,7 +177,7 @@ def open_parent_run(spec: StudySpec, tracker: Tracker) -> str:
             "max_concurrent": spec.max_concurrent,
             "scheduler": spec.scheduler,
             "objective": f"{spec.mode} {spec.objective}",
-            "constraints": "; ".join(f"{c.metric} {c.op} {c.value}" for c in spec.constraints),
+            "constraints": constraints.to_json(spec.constraints),
             "resources": f"cpu={spec.cpu} gpu={spec.gpu}",
             "repeat": spec.repeat,
             "report": ",".join(spec.report),

@@ -3,6 +3,7 @@
 import pandas as pd
 import pytest
 
+from transinv.constraints import Constraint, from_json, to_json
 from transinv.results import best_regimes, summarize
 
 
@@ -46,9 +47,23 @@ def test_summarize_gives_mean_std_and_n_per_condition():
 
 def test_constraints_parse_or_name_the_expected_form():
     from transinv.config import ConfigError
-    from transinv.results import parse_constraint
 
-    assert parse_constraint("finetune/acc_trained >= 0.9") == ("finetune/acc_trained", ">=", 0.9)
-    for bad in ("finetune/acc_trained >= high", "acc ~ 0.9", "acc >= 0.9 extra"):
+    assert Constraint.parse("finetune/acc_trained >= 0.9") == ("finetune/acc_trained", ">=", 0.9)
+    assert Constraint.parse("finetune/loss<1e-1") == Constraint("finetune/loss", "<", 0.1)
+    bad = ("finetune/acc_trained >= high", "acc ~ 0.9", "acc >= 0.9 extra", "finetune/acc == 1")
+    for text in bad:
         with pytest.raises(ConfigError, match="METRIC OP VALUE"):
-            parse_constraint(bad)
+            Constraint.parse(text, "--where")
+
+
+def test_constraints_test_numbers_and_columns_alike():
+    at_least = Constraint("finetune/acc_trained", ">=", 0.5)
+    column = pd.Series([0.4, 0.5, float("nan")])
+    assert at_least.test(column).tolist() == [False, True, False]
+    assert at_least.test(0.5) and not at_least.test(0.4)
+
+
+def test_constraints_travel_as_json_not_as_text():
+    given = (Constraint("finetune/acc_trained", ">=", 0.9), Constraint("finetune/loss", "<", 1.0))
+    assert from_json(to_json(given)) == given
+    assert from_json(None) == () and from_json("") == ()

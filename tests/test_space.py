@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from study.space import (
-    Constraint,
     DefineByRun,
     active_params,
     build_sampler,
@@ -23,6 +22,7 @@ from study.space import (
     trial_config,
 )
 from transinv.config import ConfigError, TrialConfig
+from transinv.constraints import Constraint
 
 SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
 

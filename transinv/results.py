@@ -25,6 +25,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from transinv.config import KEY_TYPES, ConfigError, parse_value
+from transinv.constraints import OPS, Constraint
 from transinv.tracking import TAG_ROLE, TAG_STUDY, TAG_TRIAL, Tracker, check_uri
 
 RUN_COLUMNS = ["run_id", "trial_id", "status", "start_time", "end_time"]
@@ -43,17 +44,6 @@ def tracking_uri(uri: str | None = None) -> str:
 
 def trial_filter() -> str:
     return f"tags.`{TAG_ROLE}` = 'trial'"
-
-
-def metric_filter(metric: str, op: str, value: float) -> str:
-    """A filter on a metric key with slashes: metrics.`finetune/acc_trained` >= 0.9."""
-    return f"metrics.`{metric}` {op} {value!r}"
-
-
-def param_filter(key: str, value: object) -> str:
-    """A filter on a dotted param: params.`model.arch` = 'resnet18' (params are strings)."""
-    text = str(value).replace("'", "\\'")
-    return f"params.`{key}` = '{text}'"
 
 
 def _typed(column: pd.Series, key: str) -> pd.Series:
@@ -176,22 +166,26 @@ def best_regimes(
     metric: str,
     by: Sequence[str],
     mode: str = "max",
-    where: Sequence[tuple[str, str, float]] = (),
+    where: Sequence[Constraint | tuple[str, str, float]] = (),
     status: str | None = "FINISHED",
 ) -> pd.DataFrame:
     """Conditions ranked by the mean of `metric` over their trials (seeds), with the spread.
 
-    where: constraints as (metric, op, value), e.g. [("finetune/acc_trained", ">=", 0.9)],
-    met by a condition when the mean over its trials meets them (what Optuna is told of a
-    repeated suggestion); dropping the seeds that miss would flatter a regime that works for
+    where: constraints (`Constraint.parse("finetune/acc_trained >= 0.9")`, or the same as a
+    tuple), met by a condition when the mean over its trials meets them (what Optuna is told of
+    a repeated suggestion); dropping the seeds that miss would flatter a regime that works for
     some seeds only. Columns: the `by` keys, mean, std, min, max, n (trials), seeds, and the
     mean of each constraint metric.
     """
     if mode not in ("max", "min"):
         raise ConfigError(f"mode {mode!r} must be max or min")
-    frame = _rows(runs, status, [metric, *by, *(key for key, _, _ in where)])
+    bad = [c for c in where if c[1] not in OPS]
+    if bad:
+        raise ConfigError(f"constraints {bad} have an operator other than {', '.join(OPS)}")
+    where = [Constraint(*c) for c in where]
+    frame = _rows(runs, status, [metric, *by, *(c.metric for c in where)])
     frame = frame[frame[metric].notna()]
-    constrained = [f"{key} mean" for key, _, _ in where]
+    constrained = [f"{c.metric} mean" for c in where]
     if frame.empty:
         return pd.DataFrame(columns=[*by, "mean", "std", "min", "max", "n", "seeds", *constrained])
     groups = frame.groupby(list(by), dropna=False)
@@ -200,9 +194,9 @@ def best_regimes(
     )
     if "seed" in frame.columns:
         table["seeds"] = groups["seed"].agg(lambda s: ",".join(map(str, sorted(s))))
-    for (key, op, value), column in zip(where, constrained, strict=True):
-        table[column] = groups[key].mean()
-        table = table[meets(table[column], op, value)]
+    for constraint, column in zip(where, constrained, strict=True):
+        table[column] = groups[constraint.metric].mean()
+        table = table[constraint.test(table[column])]
     table = table.sort_values("mean", ascending=(mode == "min")).reset_index()
     table.attrs["metric"], table.attrs["mode"] = metric, mode
     return table
@@ -244,35 +238,3 @@ def varying_keys(runs: pd.DataFrame) -> list[str]:
         for c in runs.columns
         if c in KEY_TYPES and c != "seed" and runs[c].astype(str).nunique() > 1
     ]
-
-
-CONSTRAINT_OPS = (">=", "<=", ">", "<", "==")
-
-
-def parse_constraint(text: str) -> tuple[str, str, float]:
-    """`finetune/acc_trained >= 0.9` as (metric, op, value)."""
-    parts = text.split()
-    try:
-        metric, op, value = parts
-        if op not in CONSTRAINT_OPS:
-            raise ValueError(op)
-        return metric, op, float(value)
-    except ValueError:
-        raise ConfigError(
-            f"constraint {text!r} must be 'METRIC OP VALUE' with OP one of "
-            f"{', '.join(CONSTRAINT_OPS)}"
-        ) from None
-
-
-def meets(column: pd.Series, op: str, value: float) -> pd.Series:
-    """Where `column op value` holds (`op` one of CONSTRAINT_OPS)."""
-    ops = {
-        ">=": column.ge,
-        "<=": column.le,
-        ">": column.gt,
-        "<": column.lt,
-        "==": column.eq,
-    }
-    if op not in ops:
-        raise ConfigError(f"operator {op!r} must be one of {', '.join(ops)}")
-    return ops[op](value)

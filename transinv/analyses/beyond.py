@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -21,7 +22,8 @@ from transinv.analyses.base import (
     trend,
     with_g_at_start,
 )
-from transinv.results import best_regimes, meets, parse_constraint
+from transinv.constraints import Constraint, from_json
+from transinv.results import best_regimes
 
 # ---------------------------------------------------------------------------------------------
 # Beyond the paper.
@@ -124,8 +126,7 @@ def regime_search(study: StudyData) -> Section:
         "rate) maximises acc@untrained while still learning the trained location?",
     )
     runs = study.runs
-    text = str(study.info.get("constraints") or "")  # the parent run's `a >= x; b < y`
-    constraints = [parse_constraint(part) for part in text.split(";") if part.strip()]
+    constraints = from_json(study.info.get("constraints"))  # as the study file gave them
     by = study.conditions or ["trial_id"]
     table = best_regimes(runs, metrics.ACC_UNTRAINED, by=by, where=constraints)
     section.tables.append(("Best regimes (mean over seeds, constraint applied)", table.head(5)))
@@ -156,7 +157,7 @@ def regime_search(study: StudyData) -> Section:
 
 
 def _suggestions(
-    runs: pd.DataFrame, by: list[str], constraints: list[tuple[str, str, float]]
+    runs: pd.DataFrame, by: list[str], constraints: Sequence[Constraint]
 ) -> pd.DataFrame:
     """The runs with `suggestion` (1, 2, ... in launch order of each regime's first seed) and
     `constraints met` (by the regime's mean, as in `best_regimes`)."""
@@ -165,7 +166,6 @@ def _suggestions(
     order = {key: n + 1 for n, key in enumerate(first.index)}
     frame = runs.assign(suggestion=keys.map(order))
     met = pd.Series(True, index=frame.index)
-    for metric, op, value in constraints:
-        means = frame.groupby("suggestion")[metric].transform("mean")
-        met &= meets(means, op, value)
+    for constraint in constraints:
+        met &= constraint.test(frame.groupby("suggestion")[constraint.metric].transform("mean"))
     return frame.assign(**{"constraints met": met.map({True: "yes", False: "no"})})
