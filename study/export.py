@@ -6,7 +6,7 @@ from pathlib import Path
 
 import optuna
 
-from study.tuner import ConstrainedOptunaSearch, optuna_study
+from study.search import ConstrainedOptunaSearch, optuna_study
 from transinv.config import ConfigError
 
 

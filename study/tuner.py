@@ -1,9 +1,10 @@
-"""A study on Ray Tune: searcher, scheduler, storage, the parent MLflow run, and relaunch = resume.
+"""A study's lifecycle on Ray Tune: storage, the parent MLflow run, and relaunch = resume.
 
 `run_study` is the whole lifecycle: validate the space, refuse a changed space for an existing
 study, open (or find) the parent run, build a new Tuner or restore the saved one, fit, then
 reconcile MLflow with what Ray reports (no run left RUNNING) and say whether the study finished.
-Connecting to Ray and starting servers is the CLI's job (`cli.py`).
+The searcher and scheduler come from `search.py`; connecting to Ray and starting servers is
+the CLI's job (`cli.py`).
 """
 
 from __future__ import annotations
@@ -15,21 +16,12 @@ import signal
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import Repeater
-from ray.tune.search.optuna import OptunaSearch
 
-from study.space import (
-    StudySpec,
-    build_sampler,
-    define_by_run,
-    grid_param_space,
-)
-from study.trial import PHASE_STEP, StudyContext, train
+from study.search import build_scheduler, build_search, grid_param_space
+from study.space import StudySpec
+from study.trial import StudyContext, train
 from transinv import constraints
 from transinv.config import ConfigError
 from transinv.tracking import TAG_DIGEST, TAG_TRIAL, Tracker
@@ -38,91 +30,11 @@ STUDY_FILE = "transinv_study.json"
 PACKAGES = ("transinv", "torch", "torchvision", "ray", "optuna", "mlflow", "pandas", "numpy")
 
 
-class ConstrainedOptunaSearch(OptunaSearch):
-    """OptunaSearch that hands the study's constraints to Optuna: before a trial is told, its
-    violations go into the trial's user attributes, which the samplers' `constraints_func`
-    reads (see `space.constraints_from_user_attrs`)."""
-
-    def __init__(self, *args: Any, constraints: tuple = (), **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._constraints = tuple(constraints)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        trial = self._ot_trials.get(trial_id)
-        if trial is not None and result and self._constraints:
-            violations = [min(c.violation(result), 1e9) for c in self._constraints]
-            trial.set_user_attr("constraints", violations)
-        value = (result or {}).get(self.metric)
-        if result and isinstance(value, float) and math.isnan(value):
-            result = None  # a NaN objective is a failed trial to Optuna, not a value
-            error = True
-        super().on_trial_complete(trial_id, result, error)
-
-
-class SeedRepeater(Repeater):
-    """Runs each suggestion once per seed (Ray's `__trial_index__`, mapped to `seed` by the
-    trainable) and tells the searcher the mean of every reported metric. Ray's own Repeater
-    passes on the objective alone, which would hide the constraint metrics from Optuna."""
-
-    def __init__(self, searcher: OptunaSearch, repeat: int):
-        super().__init__(searcher, repeat=repeat, set_index=True)
-        self._group_results: dict[str, list[dict[str, float]]] = {}
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs: Any):
-        group = self._trial_id_to_group[trial_id]
-        numeric = {
-            k: float(v)
-            for k, v in (result or {}).items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
-        }
-        self._group_results.setdefault(group.primary_trial_id, []).append(numeric)
-        group.report(trial_id, numeric.get(self.searcher.metric, math.nan))
-        if group.finished_reporting():
-            rows = self._group_results.pop(group.primary_trial_id)
-            mean = {}
-            for key in set().union(*rows):
-                values = [r[key] for r in rows if key in r and not math.isnan(r[key])]
-                mean[key] = float(np.mean(values)) if values else math.nan
-            self.searcher.on_trial_complete(group.primary_trial_id, result=mean, **kwargs)
-
-
-def optuna_study(searcher: OptunaSearch | SeedRepeater):
-    """The Optuna study inside Ray's searcher (a private attribute: read here only)."""
-    return getattr(searcher, "searcher", searcher)._ot_study
-
-
 def expected_trials(spec: StudySpec) -> int:
     """How many trials a complete study has."""
     if spec.sampler != "grid":
         return spec.samples
     return spec.samples * math.prod(len(d.values) for d in spec.space.values())
-
-
-def build_search(spec: StudySpec) -> OptunaSearch | SeedRepeater | None:
-    """Optuna for tpe/gp/random (each suggestion repeated over `repeat` seeds); None for grid
-    (Tune's own grid_search, no searcher)."""
-    if spec.sampler == "grid":
-        return None
-    # metric and mode go to the searcher itself: with a define-by-run space, Tune does not pass
-    # TuneConfig's down through its concurrency limiter.
-    search = ConstrainedOptunaSearch(
-        space=define_by_run(spec),
-        metric=spec.objective,
-        mode=spec.mode,
-        sampler=build_sampler(spec),
-        constraints=spec.constraints,
-    )
-    return SeedRepeater(search, spec.repeat) if spec.repeat > 1 else search
-
-
-def build_scheduler(spec: StudySpec):
-    """FIFO by default, so every trial yields a full forgetting curve; ASHA on our finetuning
-    step when asked."""
-    if spec.scheduler != "asha":
-        return FIFOScheduler()
-    asha = dict(spec.asha)
-    max_t = asha.pop("max_t", None) or spec.fixed.get("finetune.steps", 1000)
-    return ASHAScheduler(time_attr=PHASE_STEP, max_t=max_t, **asha)
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,14 @@ import optuna
 import pytest
 import yaml
 
-from study.space import (
+from study.search import (
     DefineByRun,
-    active_params,
     build_sampler,
     constraints_from_user_attrs,
     define_by_run,
     grid_param_space,
-    load_space,
-    trial_config,
 )
+from study.space import active_params, load_space, trial_config
 from transinv.config import ConfigError, TrialConfig
 from transinv.constraints import Constraint
 

@@ -1,0 +1,189 @@
+"""The search adapters: what turns a `StudySpec` into Ray Tune's and Optuna's objects.
+
+From a spec come the Optuna define-by-run function (`define_by_run`), the sampler
+(`build_sampler`), Ray's grid (`grid_param_space`), the searcher (`build_search`: Optuna told the
+study's constraints, each suggestion repeated over seeds) and the scheduler (`build_scheduler`).
+Reading and validating the study file is `space.py`; the study's lifecycle (Tuner, parent run,
+resume) is `tuner.py`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import Repeater
+from ray.tune.search.optuna import OptunaSearch
+
+from study.space import SAMPLERS, Domain, StudySpec
+from study.trial import PHASE_STEP
+from transinv import config as cfg
+from transinv.config import ConfigError
+
+
+def _plain(value: Any) -> Any:
+    """A value Optuna and Ray carry as a scalar: points travel as `x,y` strings."""
+    return cfg.format_value(value) if isinstance(value, tuple) else value
+
+
+class DefineByRun:
+    """Optuna define-by-run function for a spec: suggests each active key in file order.
+
+    A plain-data object so that Ray can pickle it with the searcher; it does nothing but call
+    `trial.suggest_*` (Ray's wrapper passes a proxy whose `suggest_*` record the values).
+    """
+
+    def __init__(self, fixed: Mapping[str, Any], domains: tuple[Domain, ...]) -> None:
+        self.fixed = dict(fixed)
+        self.domains = domains
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any] | None:
+        present = dict(self.fixed)
+        for d in self.domains:
+            if not d.active(present):
+                continue
+            if d.kind == "int":
+                value = trial.suggest_int(
+                    d.key, low=d.low, high=d.high, step=d.step or 1, log=d.log
+                )
+            elif d.kind in ("uniform", "loguniform"):
+                value = trial.suggest_float(d.key, low=d.low, high=d.high, log=d.log)
+            else:
+                value = trial.suggest_categorical(d.key, choices=[_plain(v) for v in d.values])
+            present[d.key] = value
+        return None
+
+
+def define_by_run(spec: StudySpec) -> Callable[[optuna.Trial], dict | None]:
+    """The `space` argument of `OptunaSearch` for an Optuna-sampled spec."""
+    if spec.sampler == "grid":
+        raise ConfigError(
+            f"{spec.path} uses search.sampler: grid; use grid_param_space, not Optuna"
+        )
+    return DefineByRun(spec.fixed, tuple(spec.space.values()))
+
+
+def constraints_from_user_attrs(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """Constraint violations the tuner stored on the trial (<= 0 is feasible; none: feasible)."""
+    return list(trial.user_attrs.get("constraints", [0.0]))
+
+
+def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler the spec names, seeded, with constraints read from user attrs."""
+    with warnings.catch_warnings():
+        # `group` is experimental; `constraints_func` is deprecated in 5.0 (removal in 7.0) in
+        # favour of Trial.set_constraint, which Ray's OptunaSearch gives no hook for.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message=".*constraints_func.*", category=FutureWarning)
+        if spec.sampler == "tpe":
+            return optuna.samplers.TPESampler(
+                seed=spec.seed,
+                multivariate=True,
+                group=True,
+                constraints_func=constraints_from_user_attrs,
+            )
+        if spec.sampler == "gp":
+            return optuna.samplers.GPSampler(
+                seed=spec.seed, constraints_func=constraints_from_user_attrs
+            )
+        if spec.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=spec.seed)
+    raise ConfigError(
+        f"{spec.path} uses search.sampler: {spec.sampler}, which has no Optuna sampler; "
+        f"Optuna samplers: {', '.join(s for s in SAMPLERS if s != 'grid')}"
+    )
+
+
+def grid_param_space(spec: StudySpec) -> dict[str, Any]:
+    """Ray's `param_space` for sampler grid: every space key as `tune.grid_search`."""
+    if spec.sampler != "grid":
+        raise ConfigError(
+            f"{spec.path} uses search.sampler: {spec.sampler}; grid_param_space needs grid"
+        )
+    return {key: tune.grid_search([_plain(v) for v in d.values]) for key, d in spec.space.items()}
+
+
+class ConstrainedOptunaSearch(OptunaSearch):
+    """OptunaSearch that hands the study's constraints to Optuna: before a trial is told, its
+    violations go into the trial's user attributes, which the samplers' `constraints_func`
+    reads (see `constraints_from_user_attrs`)."""
+
+    def __init__(self, *args: Any, constraints: tuple = (), **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._constraints = tuple(constraints)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        trial = self._ot_trials.get(trial_id)
+        if trial is not None and result and self._constraints:
+            violations = [min(c.violation(result), 1e9) for c in self._constraints]
+            trial.set_user_attr("constraints", violations)
+        value = (result or {}).get(self.metric)
+        if result and isinstance(value, float) and math.isnan(value):
+            result = None  # a NaN objective is a failed trial to Optuna, not a value
+            error = True
+        super().on_trial_complete(trial_id, result, error)
+
+
+class SeedRepeater(Repeater):
+    """Runs each suggestion once per seed (Ray's `__trial_index__`, mapped to `seed` by the
+    trainable) and tells the searcher the mean of every reported metric. Ray's own Repeater
+    passes on the objective alone, which would hide the constraint metrics from Optuna."""
+
+    def __init__(self, searcher: OptunaSearch, repeat: int):
+        super().__init__(searcher, repeat=repeat, set_index=True)
+        self._group_results: dict[str, list[dict[str, float]]] = {}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs: Any):
+        group = self._trial_id_to_group[trial_id]
+        numeric = {
+            k: float(v)
+            for k, v in (result or {}).items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        self._group_results.setdefault(group.primary_trial_id, []).append(numeric)
+        group.report(trial_id, numeric.get(self.searcher.metric, math.nan))
+        if group.finished_reporting():
+            rows = self._group_results.pop(group.primary_trial_id)
+            mean = {}
+            for key in set().union(*rows):
+                values = [r[key] for r in rows if key in r and not math.isnan(r[key])]
+                mean[key] = float(np.mean(values)) if values else math.nan
+            self.searcher.on_trial_complete(group.primary_trial_id, result=mean, **kwargs)
+
+
+def optuna_study(searcher: OptunaSearch | SeedRepeater):
+    """The Optuna study inside Ray's searcher (a private attribute: read here only)."""
+    return getattr(searcher, "searcher", searcher)._ot_study
+
+
+def build_search(spec: StudySpec) -> OptunaSearch | SeedRepeater | None:
+    """Optuna for tpe/gp/random (each suggestion repeated over `repeat` seeds); None for grid
+    (Tune's own grid_search, no searcher)."""
+    if spec.sampler == "grid":
+        return None
+    # metric and mode go to the searcher itself: with a define-by-run space, Tune does not pass
+    # TuneConfig's down through its concurrency limiter.
+    search = ConstrainedOptunaSearch(
+        space=define_by_run(spec),
+        metric=spec.objective,
+        mode=spec.mode,
+        sampler=build_sampler(spec),
+        constraints=spec.constraints,
+    )
+    return SeedRepeater(search, spec.repeat) if spec.repeat > 1 else search
+
+
+def build_scheduler(spec: StudySpec):
+    """FIFO by default, so every trial yields a full forgetting curve; ASHA on our finetuning
+    step when asked."""
+    if spec.scheduler != "asha":
+        return FIFOScheduler()
+    asha = dict(spec.asha)
+    max_t = asha.pop("max_t", None) or spec.fixed.get("finetune.steps", 1000)
+    return ASHAScheduler(time_attr=PHASE_STEP, max_t=max_t, **asha)

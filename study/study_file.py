@@ -1,0 +1,255 @@
+"""Reading one study file: its YAML, its `base:` file, its digest, and `StudyFile`, the checker
+whose ConfigErrors name the file, the YAML path and the valid choices; and the check of one
+`space` entry (a domain and its `when` / `when_not` conditions) into `space.Domain`'s fields.
+
+The study file's top-level schema, `StudySpec` and what conditions mean are `space.py`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from transinv import config as cfg
+from transinv.config import ConfigError
+
+DOMAIN_KINDS = ("choice", "uniform", "loguniform", "int", "grid")
+CONDITIONS = ("when", "when_not")
+_DOMAIN_OPTIONS = {"int": ("step", "log")}
+
+# Enumerated keys whose choices live in transinv.config rather than in a registry.
+ENUM_CHOICES: dict[str, tuple[str, ...]] = {
+    "finetune.freeze": cfg.FREEZE_MODES,
+    "finetune.transfer": cfg.TRANSFER_MODES,
+    "pretrain.stop": cfg.STOP_RULES,
+    "finetune.stop": cfg.STOP_RULES,
+    "eval.schedule": cfg.EVAL_SCHEDULES,
+    "run.device": cfg.DEVICES,
+}
+
+
+class StudyFile:
+    """Error helper: messages read `<what> in <file>: <yaml.path>; <what would be valid>`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def source(self, where: str) -> str:
+        return f"{self.path}: {where}"
+
+    def check(self, ok: Any, where: str, what: str, hint: str = "") -> None:
+        if not ok:
+            raise ConfigError(f"{what} in {self.path}: {where}" + (f"; {hint}" if hint else ""))
+
+    def mapping(self, value: Any, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        keys = f"keys: {', '.join(allowed)}"
+        self.check(isinstance(value, dict), where, f"expected a mapping, got {value!r}", keys)
+        for key in value:
+            at = f"{where}.{key}" if where else str(key)
+            self.check(key in allowed, at, f"unknown key {key!r}", f"valid {keys}")
+        return value
+
+    def one_of(self, value: Any, where: str, choices: tuple[str, ...]) -> str:
+        self.check(value in choices, where, f"unknown value {value!r}", choose(choices))
+        return value
+
+    def integer(self, value: Any, where: str, minimum: int) -> int:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+        self.check(ok, where, f"bad value {value!r}", f"expected an integer >= {minimum}")
+        return value
+
+    def number(self, value: Any, where: str, minimum: float, strict: bool = False) -> float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value) and (value > minimum if strict else value >= minimum)
+        bound = f"{'>' if strict else '>='} {minimum:g}"
+        self.check(ok, where, f"bad value {value!r}", f"expected a number {bound}")
+        return float(value)
+
+    def config_key(self, key: Any, where: str) -> str:
+        close = difflib.get_close_matches(str(key), cfg.KEY_TYPES, n=1)
+        what = f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        self.check(key in cfg.KEY_TYPES, where, what, f"valid keys: {', '.join(cfg.KEY_TYPES)}")
+        return key
+
+    def name_in_registry(self, key: str, value: Any, where: str) -> None:
+        """Registry and enumerated keys, in config.check_choice's words with our YAML path."""
+        choices = _named_choices(key)
+        if choices is not None:
+            kind = {"model.arch": "architecture"}.get(key, "value")
+            self.check(value in choices, where, f"unknown {kind} {value!r}", choose(choices))
+
+
+def choose(choices: Iterable[Any]) -> str:
+    return f"choose one of {', '.join(map(cfg.format_value, choices))}"
+
+
+def _named_choices(key: str) -> list[str] | None:
+    # The registering modules fill config._CHOICE_CHECKS on import (config.validate does the same).
+    from transinv import models, regimes, sources  # noqa: F401
+
+    if key in cfg._CHOICE_CHECKS:
+        return list(cfg._CHOICE_CHECKS[key]())
+    return list(ENUM_CHOICES[key]) if key in ENUM_CHOICES else None
+
+
+def read_yaml(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The file as a mapping; ConfigError if missing, not YAML, or not a mapping (of `keys`)."""
+    if not path.is_file():
+        raise ConfigError(f"study file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"study file {path} is not valid YAML{line}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"study file {path} is a {type(raw).__name__}, not a mapping; keys: {', '.join(keys)}"
+        )
+    return raw
+
+
+def digest(raw: dict[str, Any]) -> str:
+    # Keys sorted so layout does not matter, but the space's order is kept: it is the order in
+    # which keys are suggested, so reordering it changes what a resumed sampler would draw.
+    space = raw.get("space")
+    order = list(space) if isinstance(space, dict) else []
+    canonical = json.dumps(
+        {"study": raw, "space_order": order}, sort_keys=True, separators=(",", ":"), default=str
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def base_fixed(f: StudyFile, base: Any) -> list[tuple[Path, dict[str, Any]]]:
+    """The `fixed` block of the file `base` names (relative to the study file), which holds
+    nothing else: a budget shared by several studies."""
+    if base is None:
+        return []
+    f.check(isinstance(base, str) and base, "base", f"bad base {base!r}", "a YAML file name")
+    path = (f.path.parent / base).resolve()
+    f.check(path.is_file(), "base", f"base file {base!r} not found", f"looked for {path}")
+    raw = read_yaml(path, ("fixed",))
+    StudyFile(path).mapping(raw, "", ("fixed",))
+    fixed = raw.get("fixed") or {}
+    StudyFile(path).check(isinstance(fixed, dict), "fixed", f"bad fixed {fixed!r}", "{key: value}")
+    return [(path, fixed)]
+
+
+def domain_fields(
+    f: StudyFile,
+    key: str,
+    spec: Any,
+    sampler: str,
+    space: Mapping[str, Any],
+    fixed: dict[str, Any],
+    later_keys: tuple[str, ...],
+) -> dict[str, Any]:
+    """One space entry as the fields of a `space.Domain`; `space` holds the domains before it,
+    `later_keys` the keys after it."""
+    where = f"space.{key}"
+    kinds = [k for k in spec if k in DOMAIN_KINDS] if isinstance(spec, dict) else []
+    f.check(
+        len(kinds) == 1,
+        where,
+        f"expected a domain with one kind, like {{choice: [...]}}, got {spec!r}",
+        f"kinds: {', '.join(DOMAIN_KINDS)}",
+    )
+    kind = kinds[0]
+    f.mapping(spec, where, (kind, *_DOMAIN_OPTIONS.get(kind, ()), *CONDITIONS))
+    at, body, key_type = f"{where}.{kind}", spec[kind], cfg.KEY_TYPES[key]
+    if sampler == "grid":
+        f.check(
+            kind in ("grid", "choice"),
+            where,
+            f"{kind} domain with search.sampler grid",
+            "the grid sampler needs grid or choice domains",
+        )
+    else:
+        f.check(
+            kind != "grid",
+            where,
+            f"grid domain with search.sampler {sampler}",
+            "grid domains need search.sampler: grid; use choice",
+        )
+
+    fields_: dict[str, Any] = {}
+    if kind in ("choice", "grid"):
+        f.check(isinstance(body, list) and body, at, f"empty range {body!r}", "list the values")
+        values = tuple(cfg.parse_value(key, v, f.source(at)) for v in body)
+        for i, value in enumerate(values):
+            f.name_in_registry(key, value, where)
+            f.check(value not in values[:i], at, f"duplicate value {body[i]!r}")
+        fields_["values"] = values
+    else:
+        need = int if kind == "int" else float
+        use = "int" if key_type is int else "choice"
+        f.check(
+            key_type is need,
+            where,
+            f"{kind} domain on {key_type.__name__} key {key!r}",
+            f"use {use}",
+        )
+        pair = isinstance(body, list) and len(body) == 2
+        f.check(pair, at, f"bad range {body!r}", "expected [low, high]")
+        low, high = (cfg.parse_value(key, v, f.source(at)) for v in body)
+        f.check(low < high, at, f"empty range [{low}, {high}]", "need low < high")
+        if kind == "loguniform":
+            f.check(low > 0, at, f"empty range [{low}, {high}] for loguniform", "need 0 < low")
+        fields_.update(low=low, high=high, log=kind == "loguniform")
+        if kind == "int":
+            step, log = spec.get("step"), spec.get("log", False)
+            f.check(isinstance(log, bool), f"{where}.log", f"bad value {log!r}", "true or false")
+            if step is not None:
+                ok = isinstance(step, int) and not isinstance(step, bool) and step > 0
+                f.check(ok, f"{where}.step", f"empty range: step {step!r}", "need an integer >= 1")
+                f.check(
+                    (high - low) % step == 0,
+                    f"{where}.step",
+                    f"high - low = {high - low} is not a multiple of step {step}",
+                    "change the range or the step",
+                )
+            f.check(not (log and step not in (None, 1)), where, "step with log: true", "pick one")
+            f.check(not log or low >= 1, at, f"log: true with low {low}", "need low >= 1")
+            fields_.update(step=step, log=log)
+
+    for cond in (c for c in CONDITIONS if c in spec):
+        entries = spec[cond]
+        ok = isinstance(entries, dict) and entries
+        f.check(ok, f"{where}.{cond}", f"bad {cond} {entries!r}", "{other.key: value or [values]}")
+        parsed: dict[str, tuple[Any, ...]] = {}
+        for other, listed in entries.items():
+            at = f"{where}.{cond}.{other}"
+            later = " (it comes later in space: move it above)" if other in later_keys else ""
+            f.check(
+                other in space or other in fixed,
+                at,
+                f"{cond} names {other!r}, which is neither fixed nor earlier in space{later}",
+                choose([*fixed, *space]),
+            )
+            point = cfg.KEY_TYPES[other] == cfg.Point and _is_point(listed)
+            listed = listed if isinstance(listed, list) and not point else [listed]
+            values = tuple(cfg.parse_value(other, v, f.source(at)) for v in listed)
+            possible = (fixed[other],) if other in fixed else space[other].values
+            for v in values if possible else ():
+                f.check(v in possible, at, f"{cond} value {v!r} never occurs", choose(possible))
+            parsed[other] = values
+        fields_[cond] = parsed
+    return dict(key=key, kind=kind, **fields_)
+
+
+def _is_point(listed: Any) -> bool:
+    return (
+        isinstance(listed, list)
+        and len(listed) == 2
+        and all(isinstance(v, int | float) for v in listed)
+    )
