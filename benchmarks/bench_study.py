@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from transinv.tracking import start_local_server
+from study.server import start_local_server
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
+from study.server import start_local_server
 from study.space import load_space, trial_config
 from transinv.runlog import RunLog
-from transinv.tracking import Tracker, start_local_server
+from transinv.tracking import Tracker
 from transinv.trainer import run_trial
 
 PROJECT = Path(__file__).resolve().parents[1]

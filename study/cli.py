@@ -26,14 +26,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from study.server import LocalServer, start_local_server
 from transinv.config import ConfigError
 from transinv.tracking import (
     TAG_ROLE,
-    LocalServer,
     Tracker,
     TrackingError,
     check_reachable,
-    start_local_server,
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

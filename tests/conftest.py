@@ -19,7 +19,7 @@ SHARED_DATA = PROJECT.parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real MLflow tracking server (SQLite backend, proxied artifact folder)."""
-    from transinv.tracking import start_local_server
+    from study.server import start_local_server
 
     server = start_local_server(tmp_path_factory.mktemp("mlflow"))
     yield server

@@ -36,7 +36,8 @@ import yaml
 from mlflow import MlflowClient
 
 from study.connect import CHECK_TIMEOUT_S, ClusterError, check_cluster
-from transinv.tracking import TrackingError, check_reachable, free_port
+from study.server import free_port
+from transinv.tracking import TrackingError, check_reachable
 
 PROJECT = Path(__file__).resolve().parents[1]
 COMPOSE = PROJECT / "docker-compose.yml"

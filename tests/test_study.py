@@ -316,7 +316,8 @@ def test_changed_space_is_refused_on_resume(tmp_path, tracking_uri, home):
 
 
 def test_ui_stops_its_server_on_sigterm_and_refuses_a_taken_port(tmp_path, monkeypatch, capsys):
-    from transinv.tracking import TrackingError, check_reachable, free_port
+    from study.server import free_port
+    from transinv.tracking import TrackingError, check_reachable
 
     port = free_port()
     env = {**os.environ, "TRANSINV_HOME": str(tmp_path / "home")}
