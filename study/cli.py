@@ -28,12 +28,7 @@ from pathlib import Path
 
 from study.server import LocalServer, start_local_server
 from transinv.config import ConfigError
-from transinv.tracking import (
-    TAG_ROLE,
-    Tracker,
-    TrackingError,
-    check_reachable,
-)
+from transinv.tracking import ROLE_TRIAL, Tracker, TrackingError, check_reachable, role_filter
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -196,12 +191,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     with tracking(args.tracking_uri) as uri:
         tracker = Tracker(uri)
-        for exp in tracker.client.search_experiments():
-            parents = tracker.find_runs(exp.experiment_id, f"tags.`{TAG_ROLE}` = 'study'")
-            if parents:
-                run = parents[0]
-                trials = tracker.find_runs(exp.experiment_id, f"tags.`{TAG_ROLE}` = 'trial'")
-                print(f"{exp.name:24s} {run.info.status:9s} {len(trials):4d} trials")
+        for name, experiment_id in tracker.studies():
+            parent = tracker.parent_run(experiment_id, name)
+            if parent is not None:
+                trials = tracker.find_runs(experiment_id, role_filter(ROLE_TRIAL))
+                print(f"{name:24s} {parent.info.status:9s} {len(trials):4d} trials")
     return EXIT_OK
 
 

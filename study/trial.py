@@ -27,7 +27,7 @@ from study.space import StudySpec, active_params, trial_config
 from transinv import metrics
 from transinv.config import to_flat
 from transinv.runlog import RunLog
-from transinv.tracking import Tracker
+from transinv.tracking import TAG_HOST, TAG_NODE, TAG_PARAMS, TAG_PID, TAG_PRETRAIN_CACHE, Tracker
 from transinv.trainer import Evaluation, TrainState, run_trial
 
 STATE_FILE = "state.pt"
@@ -94,16 +94,16 @@ def train(config: dict[str, Any], study: StudyContext) -> None:
         study.parent_run_id,
         trial_id,
         to_flat(trial),
-        tags={"transinv.params": ",".join([*active_params(spec, config), *seeded])},
+        tags={TAG_PARAMS: ",".join([*active_params(spec, config), *seeded])},
         run_id=run_id,
     )
     # Where this attempt runs: a killed worker's retry shows up as a new pid (and node).
     tracker.set_tags(
         run_id,
         {
-            "transinv.host": socket.gethostname(),
-            "transinv.pid": os.getpid(),
-            "ray.node_id": ray.get_runtime_context().get_node_id(),
+            TAG_HOST: socket.gethostname(),
+            TAG_PID: os.getpid(),
+            TAG_NODE: ray.get_runtime_context().get_node_id(),
         },
     )
     log = RunLog(tracker, run_id, pending)
@@ -121,7 +121,7 @@ def train(config: dict[str, Any], study: StudyContext) -> None:
 
     try:
         result = run_trial(trial, on_eval, checkpoint_state)
-        tracker.set_tags(run_id, {"transinv.pretrain_cache": result.info["pretrain/cache"]})
+        tracker.set_tags(run_id, {TAG_PRETRAIN_CACHE: result.info["pretrain/cache"]})
         log.finish(result)
     except SystemExit:
         # How Tune stops a trial (tune.report raises it when the study is interrupted or a

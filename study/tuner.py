@@ -24,7 +24,15 @@ from study.space import StudySpec
 from study.trial import StudyContext, train
 from transinv import constraints
 from transinv.config import ConfigError
-from transinv.tracking import TAG_DIGEST, TAG_TRIAL, Tracker
+from transinv.tracking import (
+    TAG_DIGEST,
+    TAG_ERRORS,
+    TAG_FINISHED_TRIALS,
+    TAG_TRIAL,
+    Tracker,
+    status_filter,
+    trial_filter,
+)
 
 STUDY_FILE = "transinv_study.json"
 PACKAGES = ("transinv", "torch", "torchvision", "ray", "optuna", "mlflow", "pandas", "numpy")
@@ -97,14 +105,14 @@ def open_parent_run(spec: StudySpec, tracker: Tracker) -> str:
         },
         tags={f"version.{k}": v for k, v in package_versions().items()},
     )
-    run = tracker.client.get_run(parent)
+    run = tracker.get_run(parent)
     if run.data.tags.get(TAG_DIGEST) != spec.digest:
         raise ConfigError(
             f"study {spec.name!r} on {tracker.uri} was started from a different space "
             f"(digest {run.data.tags.get(TAG_DIGEST, '?')[:12]}, now {spec.digest[:12]}); "
             "give the changed study a new `study:` name"
         )
-    if not any(a.path == spec.path.name for a in tracker.client.list_artifacts(parent)):
+    if spec.path.name not in tracker.artifact_paths(parent):
         tracker.log_file(parent, spec.path)
     return parent
 
@@ -119,7 +127,7 @@ class RunCloser(tune.Callback):
     def _close(self, trial, status: str, error: str | None = None) -> None:
         tracker = Tracker(self.tracking_uri)
         exp = tracker.experiment(self.study)
-        for run in tracker.find_runs(exp, f"tags.`{TAG_TRIAL}` = '{trial.trial_id}'"):
+        for run in tracker.find_runs(exp, trial_filter(trial.trial_id)):
             if run.info.status == "RUNNING":
                 tracker.finish(run.info.run_id, status, error)
 
@@ -173,7 +181,7 @@ def reconcile_runs(tracker: Tracker, spec: StudySpec, grid, interrupted: bool) -
         if trial_id:
             states[trial_id] = "FAILED" if result.error else "FINISHED"
     exp = tracker.experiment(spec.name)
-    for run in tracker.find_runs(exp, "attributes.status = 'RUNNING'"):
+    for run in tracker.find_runs(exp, status_filter("RUNNING")):
         trial_id = run.data.tags.get(TAG_TRIAL)
         if trial_id is None:
             continue  # the parent run
@@ -213,7 +221,7 @@ def run_study(
     )
     reconcile_runs(tracker, spec, grid, interrupted=not outcome.complete)
     if outcome.complete:
-        tracker.set_tags(parent, {"transinv.finished_trials": finished, "transinv.errors": errored})
+        tracker.set_tags(parent, {TAG_FINISHED_TRIALS: finished, TAG_ERRORS: errored})
         tracker.finish(parent, "FINISHED")
     else:
         tracker.finish(parent, "KILLED")

@@ -128,9 +128,7 @@ def build_report(
     if log_to_mlflow:
         tracker = Tracker(uri)
         for report in reports:
-            tracker.client.log_artifacts(
-                report.data.info["run_id"], str(out / report.name), "report"
-            )
+            tracker.log_folder(report.data.info["run_id"], out / report.name, "report")
     return out / "report.md"
 
 

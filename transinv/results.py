@@ -9,8 +9,8 @@ the query language.
     final_grids(runs)                                       # run_id, x, y, acc, G/<layer>
 
 Columns are the dotted config keys (typed as in `config.py`), the final metrics under their
-metric keys, and `run_id`, `trial_id`, `status`, `start_time`, `end_time`. Every MLflow filter
-string of the project is built here.
+metric keys, and `run_id`, `trial_id`, `status`, `start_time`, `end_time`. MLflow is reached
+through `tracking.Tracker` only, with its filter builders.
 """
 
 from __future__ import annotations
@@ -19,14 +19,12 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import pandas as pd
-from mlflow import MlflowClient
 
 from transinv.config import KEY_TYPES, ConfigError, parse_value
 from transinv.constraints import OPS, Constraint
-from transinv.tracking import TAG_ROLE, TAG_STUDY, TAG_TRIAL, Tracker, check_uri
+from transinv.tracking import ROLE_TRIAL, TAG_TRIAL, Tracker, all_of, check_uri, role_filter
 
 RUN_COLUMNS = ["run_id", "trial_id", "status", "start_time", "end_time"]
 
@@ -42,10 +40,6 @@ def tracking_uri(uri: str | None = None) -> str:
     return check_uri(uri)
 
 
-def trial_filter() -> str:
-    return f"tags.`{TAG_ROLE}` = 'trial'"
-
-
 def _typed(column: pd.Series, key: str) -> pd.Series:
     """A param column cast to its config type (MLflow stores params as strings)."""
     kind = KEY_TYPES[key]
@@ -59,19 +53,14 @@ def _typed(column: pd.Series, key: str) -> pd.Series:
     return pd.Series(values, index=column.index, dtype="object")
 
 
-def study_filter(study: str) -> str:
-    return f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_ROLE}` = 'study'"
-
-
 def study_info(study: str, uri: str | None = None) -> pd.Series:
     """The study's parent run as one row: `run_id`, `status`, `start_time`, `end_time`, its
     params (space file, sampler, objective, constraints, report, ...) and `tags.<name>`."""
     tracker = Tracker(tracking_uri(uri))
-    experiment = tracker.client.get_experiment_by_name(study)
-    found = tracker.find_runs(experiment.experiment_id, study_filter(study)) if experiment else []
-    if not found:
+    experiment = tracker.find_experiment(study)
+    run = tracker.parent_run(experiment, study) if experiment else None
+    if run is None:
         raise ConfigError(f"no study {study!r} on {tracker.uri}")
-    run = found[0]
     row = {
         "run_id": run.info.run_id,
         "experiment_id": run.info.experiment_id,
@@ -89,12 +78,11 @@ def study_info(study: str, uri: str | None = None) -> pd.Series:
 def load_runs(study: str, uri: str | None = None, filter_string: str = "") -> pd.DataFrame:
     """One row per trial run of a study (columns: see the module docstring)."""
     tracker = Tracker(tracking_uri(uri))
-    experiment = tracker.client.get_experiment_by_name(study)
+    experiment = tracker.find_experiment(study)
     if experiment is None:
         raise ConfigError(f"no study {study!r} on {tracker.uri}")
-    where = " and ".join(filter(None, [trial_filter(), filter_string]))
     rows = []
-    for run in tracker.find_runs(experiment.experiment_id, where):
+    for run in tracker.find_runs(experiment, all_of(role_filter(ROLE_TRIAL), filter_string)):
         row = {
             "run_id": run.info.run_id,
             "trial_id": run.data.tags.get(TAG_TRIAL),
@@ -119,12 +107,12 @@ def curves(runs: pd.DataFrame, keys: Iterable[str], uri: str | None = None) -> p
     """Step-indexed metric histories of the given runs as a long table (run_id, key, step,
     value, timestamp). A trial restored from a lagging checkpoint logs some steps twice: the
     latest timestamp wins, so each (run, key, step) appears once."""
-    client = MlflowClient(tracking_uri=tracking_uri(uri or runs.attrs.get("uri")))
+    tracker = Tracker(tracking_uri(uri or runs.attrs.get("uri")))
     rows = [
         (run_id, key, m.step, m.value, m.timestamp)
         for run_id in runs["run_id"]
         for key in keys
-        for m in client.get_metric_history(run_id, key)
+        for m in tracker.metric_history(run_id, key)
     ]
     frame = pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "timestamp"])
     frame = frame.sort_values(["run_id", "key", "step", "timestamp"])
@@ -137,17 +125,14 @@ def final_grids(
 ) -> pd.DataFrame:
     """The last evaluation's grid of each run as a long table: run_id, x, y (pixel centres),
     acc, and G/<layer> per layer. Runs without the artifact (unfinished) are left out."""
-    # One progress bar per run's download would bury the report's own output.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    client = MlflowClient(tracking_uri=tracking_uri(uri or runs.attrs.get("uri")))
+    tracker = Tracker(tracking_uri(uri or runs.attrs.get("uri")))
     frames = []
     with tempfile.TemporaryDirectory() as tmp:
         for run_id in runs["run_id"]:
-            try:
-                path = client.download_artifacts(run_id, artifact, tmp)
-            except Exception:  # absent: the trial did not finish
+            path = tracker.download(run_id, artifact, tmp)
+            if path is None:  # absent: the trial did not finish
                 continue
-            table = json.loads(Path(path).read_text())
+            table = json.loads(path.read_text())
             frame = pd.DataFrame(table["data"], columns=table["columns"])
             frame.insert(0, "run_id", run_id)
             frames.append(frame)

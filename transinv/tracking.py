@@ -35,13 +35,52 @@ MAX_METRICS_PER_CALL = 1000
 MAX_PARAMS_TAGS_PER_CALL = 100
 PARAM_VALUE_LIMIT = 6000
 
+# Every run tag of the project, spelled here only.
 TAG_STUDY = "transinv.study"
 TAG_ROLE = "transinv.role"
+"""`study` on the parent run, `trial` on a trial's run."""
 TAG_DIGEST = "transinv.space_digest"
 TAG_TRIAL = "ray.trial_id"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_ERROR = "transinv.error"
+TAG_PARAMS = "transinv.params"
+"""The keys the searcher chose for a trial (the rest are fixed or defaults)."""
+TAG_HOST = "transinv.host"
+TAG_PID = "transinv.pid"
+TAG_NODE = "ray.node_id"
+TAG_PRETRAIN_CACHE = "transinv.pretrain_cache"
+TAG_PROGRESS = "transinv.progress"
+TAG_FINISHED_TRIALS = "transinv.finished_trials"
+TAG_ERRORS = "transinv.errors"
 EXPERIMENT_KIND = "mlflow.experimentKind"
+ROLE_STUDY, ROLE_TRIAL = "study", "trial"
+
+
+# Every MLflow filter string of the project is built by these (backticks for dotted names).
+
+
+def role_filter(role: str) -> str:
+    """`tags.\`transinv.role\` = 'trial'`: a study's trial runs (or its parent run)."""
+    return f"tags.`{TAG_ROLE}` = '{role}'"
+
+
+def study_filter(study: str) -> str:
+    """The parent run of `study`."""
+    return f"tags.`{TAG_STUDY}` = '{study}' and {role_filter(ROLE_STUDY)}"
+
+
+def trial_filter(trial_id: str) -> str:
+    """The run of one Ray trial."""
+    return f"tags.`{TAG_TRIAL}` = '{trial_id}'"
+
+
+def status_filter(status: str) -> str:
+    return f"attributes.status = '{status}'"
+
+
+def all_of(*filters: str) -> str:
+    """The filters joined with `and`; empty ones are left out."""
+    return " and ".join(f for f in filters if f)
 
 
 class TrackingError(RuntimeError):
@@ -104,38 +143,61 @@ def _param_value(value: Any) -> str:
 
 
 class Tracker:
-    """Study and trial runs on one tracking server."""
+    """Study and trial runs on one tracking server: the project's one door to MLflow.
+
+    Trials, the tuner, the CLI, `results` and `report` all go through it, so the server's
+    limits (batch sizes, param length), the filter syntax and the tags are handled here only.
+    """
 
     def __init__(self, uri: str):
         self.uri = check_uri(uri)
         # MLflow prints a "View run at" line per finished run; a study has hundreds.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        self.client = MlflowClient(tracking_uri=self.uri)
+        # One progress bar per artifact download would bury the report's own output.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        self._client = MlflowClient(tracking_uri=self.uri)
 
     # -- experiments and runs ------------------------------------------------------------------
 
     def experiment(self, study: str) -> str:
         """The id of the study's experiment, created on first use."""
-        found = self.client.get_experiment_by_name(study)
+        found = self._client.get_experiment_by_name(study)
         if found is not None:
             if found.lifecycle_stage == "deleted":
-                self.client.restore_experiment(found.experiment_id)
+                self._client.restore_experiment(found.experiment_id)
             return found.experiment_id
         try:
             # The UI opens experiments of this kind on their runs table, not the GenAI view.
-            return self.client.create_experiment(
+            return self._client.create_experiment(
                 study, tags={EXPERIMENT_KIND: "custom_model_development"}
             )
         except Exception:  # another process created it meanwhile
-            found = self.client.get_experiment_by_name(study)
+            found = self._client.get_experiment_by_name(study)
             if found is None:
                 raise
             return found.experiment_id
 
+    def find_experiment(self, study: str) -> str | None:
+        """The id of the study's experiment, None when there is none (nothing is created)."""
+        found = self._client.get_experiment_by_name(study)
+        return found.experiment_id if found is not None else None
+
+    def studies(self) -> list[tuple[str, str]]:
+        """(name, experiment id) of every experiment on the server."""
+        return [(e.name, e.experiment_id) for e in self._client.search_experiments()]
+
+    def parent_run(self, experiment_id: str, study: str) -> Any | None:
+        """The study's parent run, None when it has none."""
+        found = self.find_runs(experiment_id, study_filter(study))
+        return found[0] if found else None
+
+    def get_run(self, run_id: str) -> Any:
+        return self._client.get_run(run_id)
+
     def find_runs(self, experiment_id: str, filter_string: str) -> list:
         runs, token = [], None
         while True:
-            page = self.client.search_runs(
+            page = self._client.search_runs(
                 [experiment_id], filter_string, max_results=1000, page_token=token
             )
             runs.extend(page)
@@ -148,17 +210,15 @@ class Tracker:
     ) -> str:
         """The study's parent run: found by tag when the study resumes, else created."""
         exp = self.experiment(study)
-        found = self.find_runs(
-            exp, f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_ROLE}` = 'study'"
-        )
-        if found:
-            run_id = found[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
+        found = self.parent_run(exp, study)
+        if found is not None:
+            run_id = found.info.run_id
+            self._client.update_run(run_id, status="RUNNING")
             return run_id
-        run = self.client.create_run(
+        run = self._client.create_run(
             exp,
             run_name=study,
-            tags={TAG_STUDY: study, TAG_ROLE: "study", TAG_DIGEST: digest, **tags},
+            tags={TAG_STUDY: study, TAG_ROLE: ROLE_STUDY, TAG_DIGEST: digest, **tags},
         )
         self.log_params(run.info.run_id, params)
         return run.info.run_id
@@ -177,17 +237,17 @@ class Tracker:
         RUNNING either way."""
         exp = self.experiment(study)
         if run_id is None:
-            found = self.find_runs(exp, f"tags.`{TAG_TRIAL}` = '{trial_id}'")
+            found = self.find_runs(exp, trial_filter(trial_id))
             run_id = found[0].info.run_id if found else None
         if run_id is not None:
-            self.client.update_run(run_id, status="RUNNING")
+            self._client.update_run(run_id, status="RUNNING")
             return run_id
-        run = self.client.create_run(
+        run = self._client.create_run(
             exp,
             run_name=f"{study}/{trial_id}",
             tags={
                 TAG_STUDY: study,
-                TAG_ROLE: "trial",
+                TAG_ROLE: ROLE_TRIAL,
                 TAG_TRIAL: trial_id,
                 TAG_PARENT: parent_run_id,
                 **(tags or {}),
@@ -199,16 +259,16 @@ class Tracker:
     def finish(self, run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
         """End a run as FINISHED, FAILED (with the error as a tag and error.txt) or KILLED."""
         if error:
-            self.client.set_tag(run_id, TAG_ERROR, error[:5000])
-            self.client.log_text(run_id, error, "error.txt")
-        self.client.set_terminated(run_id, status=status)
+            self._client.set_tag(run_id, TAG_ERROR, error[:5000])
+            self._client.log_text(run_id, error, "error.txt")
+        self._client.set_terminated(run_id, status=status)
 
     # -- logging -------------------------------------------------------------------------------
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         entries = [Param(k, _param_value(v)) for k, v in params.items()]
         for chunk in _chunks(entries, MAX_PARAMS_TAGS_PER_CALL):
-            self.client.log_batch(run_id, params=chunk)
+            self._client.log_batch(run_id, params=chunk)
 
     def log_metrics(
         self,
@@ -228,28 +288,48 @@ class Tracker:
         tag_entries = [RunTag(k, _param_value(v)) for k, v in (tags or {}).items()]
         chunks = list(_chunks(entries, MAX_METRICS_PER_CALL)) or [[]]
         for i, chunk in enumerate(chunks):
-            self.client.log_batch(run_id, metrics=chunk, tags=tag_entries if i == 0 else [])
+            self._client.log_batch(run_id, metrics=chunk, tags=tag_entries if i == 0 else [])
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         entries = [RunTag(k, _param_value(v)) for k, v in tags.items()]
         for chunk in _chunks(entries, MAX_PARAMS_TAGS_PER_CALL):
-            self.client.log_batch(run_id, tags=chunk)
+            self._client.log_batch(run_id, tags=chunk)
 
     def log_image(self, run_id: str, image: Any, key: str, step: int) -> None:
         """A step-indexed image (the MLflow UI shows a step slider per key)."""
-        self.client.log_image(run_id, image, key=key.replace("/", "."), step=step)
+        self._client.log_image(run_id, image, key=key.replace("/", "."), step=step)
 
     def log_figure(self, run_id: str, figure: Any, path: str) -> None:
-        self.client.log_figure(run_id, figure, path)
+        self._client.log_figure(run_id, figure, path)
 
     def log_table(self, run_id: str, data: Any, path: str) -> None:
-        self.client.log_table(run_id, data, path)
+        self._client.log_table(run_id, data, path)
 
     def log_dict(self, run_id: str, data: Mapping[str, Any], path: str) -> None:
-        self.client.log_dict(run_id, dict(data), path)
+        self._client.log_dict(run_id, dict(data), path)
 
     def log_file(self, run_id: str, path: Path, artifact_dir: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_dir)
+        self._client.log_artifact(run_id, str(path), artifact_dir)
+
+    def log_folder(self, run_id: str, folder: Path, artifact_dir: str | None = None) -> None:
+        self._client.log_artifacts(run_id, str(folder), artifact_dir)
+
+    # -- reading back --------------------------------------------------------------------------
+
+    def artifact_paths(self, run_id: str) -> list[str]:
+        """The paths at the top of the run's artifacts."""
+        return [a.path for a in self._client.list_artifacts(run_id)]
+
+    def download(self, run_id: str, path: str, folder: str | Path) -> Path | None:
+        """The run's artifact `path` copied into `folder`; None when the run has none there."""
+        try:
+            return Path(self._client.download_artifacts(run_id, path, str(folder)))
+        except Exception:  # MLflow raises several types for an absent artifact
+            return None
+
+    def metric_history(self, run_id: str, key: str) -> list:
+        """Every logged point of `key` (duplicated steps included: see `results.curves`)."""
+        return self._client.get_metric_history(run_id, key)
 
 
 class TrackingQueue:
