@@ -18,32 +18,18 @@ from torch import nn
 from transinv.config import ConfigError
 from transinv.models import (
     MODELS,
-    TORCHVISION_ARCHS,
     Net,
     WeightsUnavailableError,
     build_model,
     imagenet_weights_path,
     load_imagenet_weights,
     parameter_groups,
-    register_model,
     reinitialize,
     replace_head,
 )
 
 CANVAS = 64
 CLASSES = 5
-KNOWN_STRIDES = {
-    "small_cnn": 8,
-    "small_cnn_gap": 8,
-    "tiny_cnn": 4,
-    "vgg11": 32,
-    "vgg11_bn": 32,
-    "vgg16": 32,
-    "vgg16_bn": 32,
-    "resnet18": 32,
-    "alexnet": 32,
-    "densenet121": 32,
-}
 
 
 @pytest.fixture(
@@ -178,10 +164,9 @@ def test_channels_last_gives_the_same_logits(built):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_total_stride_matches_feature_map_side(built):
+def test_total_stride_is_the_registered_fact_and_matches_feature_map_side(built):
     arch, channels, net = built
-    if arch in KNOWN_STRIDES:
-        assert net.total_stride == KNOWN_STRIDES[arch]
+    assert net.total_stride == MODELS.facts(arch)["stride"]
     side = net.features(batch(channels)).shape[-1]
     if arch == "alexnet":
         # Its unpadded 3x3/2 pools floor each halving: 64 px ends at 1 x 1, not 64 / 32.
@@ -214,7 +199,24 @@ def test_unknown_arch_is_a_config_error_listing_the_choices():
 
 def test_registering_a_name_twice_is_refused():
     with pytest.raises(ValueError, match="small_cnn"):
-        register_model("small_cnn")(MODELS["small_cnn"])
+        MODELS.register(head="flatten", stride=8, torchvision=False)(MODELS["small_cnn"])
+
+
+def test_head_fact_says_whether_pooling_keeps_positions(built):
+    """`gap`: the pool maps a shuffled feature map to the same vector; `flatten`: it does not.
+    Checked on a 4 x 4 map, where AlexNet's own 64 px trunk would leave 1 x 1."""
+    arch, channels, net = built
+    width = net.features(batch(channels)).shape[1]
+    maps = torch.randn(1, width, 4, 4, generator=torch.Generator().manual_seed(2))
+    rolled = maps.roll(1, dims=-1)
+    with torch.no_grad():
+        same = torch.allclose(net.pool(maps), net.pool(rolled), atol=1e-6)
+    assert same == (MODELS.facts(arch)["head"] == "gap")
+
+
+def test_torchvision_fact_is_true_exactly_for_nets_with_torchvision_keys(built):
+    arch, _, net = built
+    assert MODELS.facts(arch)["torchvision"] == bool(net.torchvision_keys)
 
 
 def test_reinitialize_redraws_only_the_given_part():
@@ -280,7 +282,9 @@ def test_small_net_has_no_imagenet_weights(tmp_path, monkeypatch):
     net = build_model("small_cnn", CLASSES, 3, CANVAS)
     with pytest.raises(ConfigError, match="small_cnn") as info:
         load_imagenet_weights(net, "small_cnn")
-    assert all(arch in str(info.value) for arch in TORCHVISION_ARCHS)
+    with_weights = MODELS.names(torchvision=True)
+    assert "resnet18" in with_weights and "small_cnn" not in with_weights
+    assert all(arch in str(info.value).split("them: ")[1] for arch in with_weights)
 
 
 def _cache(tmp_path, monkeypatch, arch: str, state: dict[str, torch.Tensor]) -> None:

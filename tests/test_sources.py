@@ -50,8 +50,8 @@ def test_the_registry_holds_the_documented_sources_and_feeds_config_choices():
         "omniglot",
         "omniglot_eval",
     ]
-    assert list(config._CHOICE_CHECKS["finetune.dataset"]()) == source_names()
-    assert list(config._CHOICE_CHECKS["pretrain.dataset"]()) == ["none", "imagenet", *SOURCES]
+    assert list(config.choices_for("finetune.dataset")) == source_names()
+    assert list(config.choices_for("pretrain.dataset")) == ["none", "imagenet", *SOURCES]
 
 
 @pytest.mark.parametrize("name", source_names())

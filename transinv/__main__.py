@@ -2,7 +2,8 @@
 
     python -m transinv                                  # small preset, 3000 + 1000 steps: ~5 min
     python -m transinv model.arch=small_cnn pretrain.dataset=none finetune.steps=300
-    python -m transinv --keys                           # every key with its type and default
+    python -m transinv --keys                           # every key: type, default, domain, doc
+    python -m transinv --list                           # every registry entry with its facts
     python -m transinv pretrain.steps=200 finetune.steps=100 --json out.json
 
 Progress goes to stderr; the final metrics go to stdout (and to --json PATH).
@@ -17,6 +18,7 @@ import math
 import sys
 from collections.abc import Sequence
 
+from transinv.choices import REGISTRIES, first_sentence
 from transinv.config import ConfigError, describe, format_value, from_flat, parse_overrides
 
 
@@ -28,6 +30,34 @@ def _jsonable(value):
     return value
 
 
+def print_keys() -> None:
+    for key, kind, default, domain, doc in describe():
+        print(f"{key:24s} {kind:5s} {default or '(empty)':12s} {domain}")
+        print(f"{'':24s} {doc}")
+
+
+def print_registries() -> None:
+    """One line per entry: registry kind, name, facts, first line of its docstring."""
+    rows = [
+        (
+            r.kind,
+            e.name,
+            " ".join(f"{k}={format_value(v) or '-'}" for k, v in e.facts.items()),
+            e.doc,
+        )
+        for r in REGISTRIES
+        for e in r.entries()
+    ]
+    # Analyses are named in study files (`report:`), not config keys; their registry needs
+    # pandas and matplotlib, so it is read only here.
+    from transinv.analyses import ANALYSES
+
+    rows += [("analysis", name, "", first_sentence(fn.__doc__)) for name, fn in ANALYSES.items()]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(f"{cell:{w}s}" for cell, w in zip(row, widths, strict=False)), row[3])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m transinv",
@@ -36,12 +66,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
     parser.add_argument("--json", metavar="PATH", help="write final metrics and info as JSON")
     parser.add_argument("--keys", action="store_true", help="list config keys and exit")
+    parser.add_argument(
+        "--list", action="store_true", help="list every registry (architectures, ...) and exit"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
 
     if args.keys:
-        for key, kind, default in describe():
-            print(f"{key:24s} {default:12s} {kind}")
+        print_keys()
+        return 0
+    if args.list:
+        print_registries()
         return 0
     try:
         config = from_flat(parse_overrides(args.overrides), source="command line")
@@ -55,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    # Imported here so `--keys` and config errors answer without loading torch.
+    # Imported here so config errors answer without loading the trainer.
     from transinv.trainer import run_trial
 
     try:

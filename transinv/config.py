@@ -1,22 +1,29 @@
-"""One typed trial configuration, its defaults, and its flat dotted-key form.
+"""One typed trial configuration: every key declared once, its defaults, its flat dotted-key form.
 
-`TrialConfig` is a tree of frozen dataclasses; every default lives here and nowhere else. Its flat
+`TrialConfig` is a tree of frozen dataclasses. Each leaf field is declared with `key(...)`: its
+default, its doc, and its domain (bounds, plain choices, or the registry it names). Everything
+that needs a key's domain reads that one declaration: `validate`, `describe` (`python -m transinv
+--keys`), `choices_for` (the YAML validator in `study/space.py`) and the README test. The flat
 form (`to_flat` / `from_flat`) uses dotted keys (`model.arch`, `pretrain.translation`) that are
 spelled the same in YAML search spaces, Ray trial configs, MLflow params and pandas columns.
 
-Names that come from registries (architectures, datasets, regimes) are checked against those
-registries by `validate`, which the data and model modules call through `check_choice`; this module
-holds no registry itself so that it stays importable without torch.
+This module is the ground floor: of the project it imports only `choices` (the registries, which
+import nothing of ours), so it loads without torch. Validation checks types, then each key's
+bounds and plain choices, then the few rules across keys (`CROSS_KEY_RULES`), and registry names
+last: reading a registry imports the module that fills it (models need torch).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import Field, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_type_hints
+
+from transinv.choices import MODELS, REGIMES, SOURCES, Registry
 
 
 class ConfigError(ValueError):
@@ -28,125 +35,255 @@ Point = tuple[float, float]
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """A closed, open or half-open interval; either end may be absent."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+def at_least(low: float) -> Bounds:
+    return Bounds(low)
+
+
+def above(low: float) -> Bounds:
+    return Bounds(low, low_open=True)
+
+
+def interval(text: str) -> Bounds:
+    """`"[0, 1]"`, `"(0, 1]"`, `"[0, 1)"` as Bounds."""
+    m = re.fullmatch(r"([\[(])\s*([^,\s]+)\s*,\s*([^\]\s)]+)\s*([\])])", text)
+    if not m:
+        raise ValueError(f"not an interval: {text!r}")
+    return Bounds(float(m[2]), float(m[3]), m[1] == "(", m[4] == ")")
+
+
+UNIT = interval("[0, 1]")
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """What one declaration says of a key (read by validation, `--keys` and study files)."""
+
+    doc: str = ""
+    bounds: Bounds | None = None
+    """For a point, the bounds of each coordinate."""
+    choices: tuple[Any, ...] | Registry | None = None
+    """Plain values, or the registry whose names the key takes."""
+    special: tuple[str, ...] = ()
+    """Values a registry key also takes that are not entries (`none`, `imagenet`)."""
+
+
+def key(
+    default: Any,
+    doc: str = "",
+    *,
+    bounds: Bounds | None = None,
+    choices: tuple[Any, ...] | Registry | None = None,
+    special: tuple[str, ...] = (),
+) -> Any:
+    """A dataclass field declaring a key's default, doc and domain, once."""
+    spec = KeySpec(doc, bounds, choices, special)
+    return field(default=default, metadata={"key": spec})
+
+
+# Plain choices, named because code elsewhere branches on them.
+PRETRAIN_SPECIAL = ("none", "imagenet")
+FREEZE_MODES = ("none", "conv", "fc", "all_but_head")
+TRANSFER_MODES = ("all", "scramble_fc", "scramble_conv")
+STOP_RULES = ("fixed", "goal")
+EVAL_SCHEDULES = ("linear", "log")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
 class CanvasConfig:
-    size: int = 64
-    """Canvas side in pixels."""
-    item_size: int = 16
-    """Item side in pixels (the paper's 50/224 ratio at 64 px)."""
-    channels: int = 1
-    """1 (grey) or 3 (grey replicated to RGB, needed for ImageNet weights)."""
-    normalize: bool = True
-    """Normalise each dataset's canvases by their own pixel mean and std."""
+    size: int = key(64, "Canvas side in pixels.", bounds=at_least(32))
+    item_size: int = key(
+        16, "Item side in pixels (the paper's 50/224 ratio at 64 px).", bounds=at_least(2)
+    )
+    channels: int = key(
+        1, "1 (grey) or 3 (grey replicated to RGB, needed for ImageNet weights).", choices=(1, 3)
+    )
+    normalize: bool = key(
+        True, "Normalise each dataset's canvases by their own pixel mean and std."
+    )
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    seed: int = 0
-    """Seed of the stimuli (glyph classes, exemplar pins, held-out split). Kept apart from `seed`
-    so that replicates vary training, not stimuli."""
-    root: str = ""
-    """Folder holding MNIST/, FashionMNIST/ and omniglot/. Empty: $TRANSINV_DATA, else
-    ../shared/data beside the project when it exists."""
-    download: bool = False
-    """Let torchvision download MNIST/FashionMNIST into `root` when absent (needs internet)."""
+    seed: int = key(
+        0,
+        "Seed of the stimuli (glyph classes, exemplar pins, held-out split). Kept apart from "
+        "`seed` so that replicates vary training, not stimuli.",
+    )
+    root: str = key(
+        "",
+        "Folder holding MNIST/, FashionMNIST/ and omniglot/. Empty: $TRANSINV_DATA, else "
+        "../shared/data beside the project when it exists.",
+    )
+    download: bool = key(
+        False,
+        "Let torchvision download MNIST/FashionMNIST into `root` when absent (needs internet).",
+    )
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "small_cnn"
+    arch: str = key(
+        "small_cnn", "The network (`--list` shows each with its facts).", choices=MODELS
+    )
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    dataset: str = "glyphs"
-    """An item source, `none` (vanilla: no pretraining) or `imagenet` (torchvision weights)."""
-    regime: str = "whole"
-    translation: float = 1.0
-    """Translation range r in [0, 1] for regime `translation`: centres uniform in a box of side
-    r * |V| around `location` (r=0 one location, r=1 `whole`)."""
-    location: Point = (0.5, 0.5)
-    """The point of regime `location` and the box centre of regime `translation`."""
-    class_regimes: str = ""
-    """Per-class regimes, `class=regime` pairs separated by commas (`0=left,1=right`); classes not
-    listed follow `regime`."""
-    classes: int = 0
-    """Number of classes drawn from the source (a seeded subset for real datasets); 0 = the
-    source's default."""
-    steps: int = 3000
-    stop: str = "fixed"
-    """`fixed`: run `steps` steps. `goal`: the authors' rule, capped at `steps`."""
+    dataset: str = key(
+        "glyphs",
+        "An item source, `none` (vanilla: no pretraining) or `imagenet` (torchvision weights).",
+        choices=SOURCES,
+        special=PRETRAIN_SPECIAL,
+    )
+    regime: str = key("whole", "Where pretraining items are placed.", choices=REGIMES)
+    translation: float = key(
+        1.0,
+        "Translation range r for regime `translation`: centres uniform in a box of side r * |V| "
+        "around `location` (r=0 one location, r=1 `whole`).",
+        bounds=UNIT,
+    )
+    location: Point = key(
+        (0.5, 0.5),
+        "The point of regime `location` and the box centre of regime `translation`.",
+        bounds=UNIT,
+    )
+    class_regimes: str = key(
+        "",
+        "Per-class regimes, `class=regime` pairs separated by commas (`0=left,1=right`); classes "
+        "not listed follow `regime`.",
+    )
+    classes: int = key(
+        0,
+        "Number of classes drawn from the source (a seeded subset for real datasets); 0 = the "
+        "source's default.",
+        bounds=at_least(0),
+    )
+    steps: int = key(
+        3000, "Pretraining steps (the cap under stop rule `goal`).", bounds=at_least(0)
+    )
+    stop: str = key(
+        "fixed",
+        "`fixed`: run `steps` steps. `goal`: the authors' rule, capped at `steps`.",
+        choices=STOP_RULES,
+    )
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    dataset: str = "glyphs_b"
-    location: Point = (0.25, 0.5)
-    classes: int = 0
-    """As `pretrain.classes`, for the finetuning set."""
-    steps: int = 1000
-    lr: float = 0.0
-    """Finetuning learning rate; 0 = `optim.lr` (so a study can vary it without changing the
-    pretraining)."""
-    freeze: str = "none"
-    """`none`, `conv` (conv layers frozen), `fc` (hidden FC layers frozen), `all_but_head`."""
-    transfer: str = "all"
-    """What pretraining hands on: `all`, `scramble_fc` (classifier re-initialised) or
-    `scramble_conv` (conv layers re-initialised)."""
-    stop: str = "fixed"
+    dataset: str = key("glyphs_b", "The item source learned at one location.", choices=SOURCES)
+    location: Point = key((0.25, 0.5), "Where finetuning items are placed.", bounds=UNIT)
+    classes: int = key(0, "As `pretrain.classes`, for the finetuning set.", bounds=at_least(0))
+    steps: int = key(1000, "Finetuning steps (the cap under stop rule `goal`).", bounds=at_least(0))
+    lr: float = key(
+        0.0,
+        "Finetuning learning rate; 0 = `optim.lr` (so a study can vary it without changing the "
+        "pretraining).",
+        bounds=at_least(0),
+    )
+    freeze: str = key(
+        "none",
+        "`none`, `conv` (conv layers frozen), `fc` (hidden FC layers frozen), `all_but_head`.",
+        choices=FREEZE_MODES,
+    )
+    transfer: str = key(
+        "all",
+        "What pretraining hands on: `all`, `scramble_fc` (classifier re-initialised) or "
+        "`scramble_conv` (conv layers re-initialised).",
+        choices=TRANSFER_MODES,
+    )
+    stop: str = key("fixed", "As `pretrain.stop`.", choices=STOP_RULES)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 1e-3
-    batch_size: int = 64
+    lr: float = key(1e-3, "Adam learning rate.", bounds=above(0))
+    batch_size: int = key(64, "Canvases per step.", bounds=at_least(1))
 
 
 @dataclass(frozen=True)
 class StopConfig:
     """The authors' stopping rule, used by phases whose `stop` is `goal`."""
 
-    goal: float = 0.75
-    """Running train accuracy to hold."""
-    window: int = 100
-    """Steps in the running accuracy and loss windows."""
-    patience: int = 800
-    """Steps the goal must hold, or the running loss may stagnate, before stopping."""
+    goal: float = key(0.75, "Running train accuracy to hold.", bounds=interval("(0, 1]"))
+    window: int = key(100, "Steps in the running accuracy and loss windows.", bounds=at_least(1))
+    patience: int = key(
+        800,
+        "Steps the goal must hold, or the running loss may stagnate, before stopping.",
+        bounds=at_least(1),
+    )
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    every: int = 100
-    """Evaluate every this many steps (schedule `linear`)."""
-    schedule: str = "linear"
-    """`linear` (0, every, 2*every, ...) or `log` (log-spaced, so forgetting curves have early
-    points), plus the last step either way."""
-    points: int = 12
-    """Number of log-spaced evaluations per phase (schedule `log`)."""
-    grid_step: float = 0.0625
-    """Spacing of the test grid of centres, as a canvas fraction (4 px at 64 px)."""
-    grid_offset: float = 0.0
-    """Shift of the test grid from the low edge of the valid range, as a canvas fraction."""
-    items: int = 64
-    """Held-out items of the finetuning set placed at every grid centre."""
-    pretrain_items: int = 256
-    """Held-out items of the pretraining set for its accuracy (and forgetting of it)."""
+    every: int = key(100, "Evaluate every this many steps (schedule `linear`).", bounds=at_least(1))
+    schedule: str = key(
+        "linear",
+        "`linear` (0, every, 2*every, ...) or `log` (log-spaced, so forgetting curves have early "
+        "points), plus the last step either way.",
+        choices=EVAL_SCHEDULES,
+    )
+    points: int = key(
+        12, "Number of log-spaced evaluations per phase (schedule `log`).", bounds=at_least(2)
+    )
+    grid_step: float = key(
+        0.0625,
+        "Spacing of the test grid of centres, as a canvas fraction (4 px at 64 px).",
+        bounds=interval("(0, 1]"),
+    )
+    grid_offset: float = key(
+        0.0,
+        "Shift of the test grid from the low edge of the valid range, as a canvas fraction.",
+        bounds=interval("[0, 1)"),
+    )
+    items: int = key(
+        64, "Held-out items of the finetuning set placed at every grid centre.", bounds=at_least(2)
+    )
+    pretrain_items: int = key(
+        256,
+        "Held-out items of the pretraining set for its accuracy (and forgetting of it).",
+        bounds=at_least(1),
+    )
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    device: str = "auto"
-    """`auto` (CUDA when available), `cpu` or `cuda`."""
-    threads: int = 0
-    """Torch intra-op threads; 0 = the CPUs this process may use."""
-    pretrain_cache: str = ""
-    """Folder of pretrained networks shared between trials (`transinv/pretrain_cache.py`): a
-    trial whose pretraining matches a stored one finetunes from it. Empty = off."""
+    device: str = key("auto", "`auto` (CUDA when available), `cpu` or `cuda`.", choices=DEVICES)
+    threads: int = key(
+        0, "Torch intra-op threads; 0 = the CPUs this process may use.", bounds=at_least(0)
+    )
+    pretrain_cache: str = key(
+        "",
+        "Folder of pretrained networks shared between trials (`transinv/pretrain_cache.py`): a "
+        "trial whose pretraining matches a stored one finetunes from it. Empty = off.",
+    )
 
 
 @dataclass(frozen=True)
 class TrialConfig:
-    seed: int = 0
-    """Training seed: weights, sampling order, dropout."""
+    seed: int = key(0, "Training seed: weights, sampling order, dropout.")
     canvas: CanvasConfig = field(default_factory=CanvasConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -158,29 +295,23 @@ class TrialConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-# Choices that are not registries of other modules.
-PRETRAIN_SPECIAL = ("none", "imagenet")
-FREEZE_MODES = ("none", "conv", "fc", "all_but_head")
-TRANSFER_MODES = ("all", "scramble_fc", "scramble_conv")
-STOP_RULES = ("fixed", "goal")
-EVAL_SCHEDULES = ("linear", "log")
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def _leaf_types(cls: type = TrialConfig, prefix: str = "") -> dict[str, Any]:
+def _leaves(cls: type = TrialConfig, prefix: str = "") -> dict[str, tuple[Any, Field]]:
     hints = get_type_hints(cls, globals())
-    out: dict[str, Any] = {}
+    out: dict[str, tuple[Any, Field]] = {}
     for f in fields(cls):
         t = hints[f.name]
         if isinstance(t, type) and is_dataclass(t):
-            out.update(_leaf_types(t, f"{prefix}{f.name}."))
+            out.update(_leaves(t, f"{prefix}{f.name}."))
         else:
-            out[f"{prefix}{f.name}"] = t
+            out[f"{prefix}{f.name}"] = (t, f)
     return out
 
 
-KEY_TYPES: dict[str, Any] = _leaf_types()
+_LEAVES = _leaves()
+KEY_TYPES: dict[str, Any] = {k: t for k, (t, _) in _LEAVES.items()}
 """Every flat key with its type, in declaration order."""
+KEYS: dict[str, KeySpec] = {k: f.metadata["key"] for k, (_, f) in _LEAVES.items()}
+"""Every flat key with its declaration (doc, bounds, choices), in declaration order."""
 
 
 def to_flat(config: TrialConfig) -> dict[str, Any]:
@@ -276,13 +407,13 @@ def from_flat(
     config = base or TrialConfig()
     groups: dict[str, dict[str, Any]] = {}
     top: dict[str, Any] = {}
-    for key, raw in flat.items():
-        value = parse_value(key, raw, source)
-        if "." in key:
-            group, name = key.split(".", 1)
+    for key_, raw in flat.items():
+        value = parse_value(key_, raw, source)
+        if "." in key_:
+            group, name = key_.split(".", 1)
             groups.setdefault(group, {})[name] = value
         else:
-            top[key] = value
+            top[key_] = value
     for group, values in groups.items():
         top[group] = replace(getattr(config, group), **values)
     config = replace(config, **top)
@@ -294,92 +425,124 @@ def parse_overrides(args: Iterable[str], source: str = "command line") -> dict[s
     """`["model.arch=small_cnn", ...]` as a dict; each item must be `key=value`."""
     out: dict[str, str] = {}
     for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or not key:
+        key_, sep, value = arg.partition("=")
+        if not sep or not key_:
             raise ConfigError(f"override {arg!r} on the {source} is not key=value")
-        out[key.strip()] = value.strip()
+        out[key_.strip()] = value.strip()
     return out
 
 
-# Registry checks are installed by the modules that own the registries, so that validation of a
-# whole config happens in one place without this module importing torch.
-_CHOICE_CHECKS: dict[str, Callable[[], Iterable[str]]] = {}
+# --------------------------------------------------------------------------------------------
+# Domains: what each declaration allows
 
 
-def register_choices(key: str, choices: Callable[[], Iterable[str]]) -> None:
-    """Declare that `key` must take one of `choices()` (called lazily, at validation)."""
-    _CHOICE_CHECKS[key] = choices
+def choices_for(key_: str) -> tuple[Any, ...] | None:
+    """The values `key_` may take, or None when it is not a choice (a number, a free string).
+
+    A registry key reads its registry (importing the module that fills it) after its special
+    values; raises ConfigError when that module cannot be imported.
+    """
+    spec = KEYS[key_]
+    if isinstance(spec.choices, Registry):
+        return (*spec.special, *registry_names(key_, spec.choices))
+    return spec.choices
 
 
-def check_choice(key: str, value: str, choices: Iterable[str], source: str = "") -> None:
+def registry_names(key_: str, registry: Registry) -> list[str]:
+    """`registry`'s names; ConfigError (not ImportError) when its owner module cannot load."""
+    try:
+        return registry.names()
+    except ImportError as exc:
+        raise ConfigError(
+            f"the registry for {key_} needs {registry.owner}, which cannot be imported: {exc}"
+        ) from exc
+
+
+def choice_kind(key_: str) -> str:
+    """What a value of `key_` is called in errors: the registry's kind, else `value`."""
+    choices = KEYS[key_].choices if key_ in KEYS else None
+    return choices.kind if isinstance(choices, Registry) else "value"
+
+
+def check_choice(
+    key_: str, value: Any, choices: Iterable[Any], source: str = "", kind: str = ""
+) -> None:
+    """ConfigError unless `value` is one of `choices`, in the words every caller uses."""
     choices = list(choices)
     if value not in choices:
-        kind = {"model.arch": "architecture"}.get(key, "value")
+        kind = kind or choice_kind(key_)
         raise ConfigError(
-            f"unknown {kind} {value!r}{_where(source)}: {key}; choose one of {', '.join(choices)}"
+            f"unknown {kind} {value!r}{_where(source)}: {key_}; "
+            f"choose one of {', '.join(map(format_value, choices))}"
         )
+
+
+def class_regime_pairs(text: str, source: str = "") -> dict[int, str]:
+    """`"0=left,3=right"` as {0: "left", 3: "right"}, names unchecked (`regimes` checks them);
+    raises ConfigError naming the bad pair."""
+    out: dict[int, str] = {}
+    for pair in filter(None, (s.strip() for s in text.split(","))):
+        cls, sep, name = pair.partition("=")
+        if not sep or not cls.strip().isdigit() or not name.strip():
+            raise ConfigError(
+                f"bad pair {pair!r}{_where(source)}: pretrain.class_regimes takes class=regime "
+                "pairs separated by commas, e.g. 0=left,1=right"
+            )
+        out[int(cls)] = name.strip()
+    return out
+
+
+def cross_key_problems(c: TrialConfig) -> list[tuple[str, str]]:
+    """(key, what is wrong) for each rule across keys that `c` breaks; the only rules not
+    declared on a single key."""
+    problems = []
+    if c.canvas.size < c.canvas.item_size:
+        problems.append(
+            ("canvas.size", f"must be at least canvas.item_size ({c.canvas.item_size})")
+        )
+    if c.pretrain.dataset == "imagenet" and c.canvas.channels != 3:
+        problems.append(("canvas.channels", "pretrain.dataset=imagenet needs canvas.channels=3"))
+    if c.pretrain.dataset not in PRETRAIN_SPECIAL and c.pretrain.dataset == c.finetune.dataset:
+        problems.append(
+            (
+                "finetune.dataset",
+                "must differ from pretrain.dataset (new items are learned at one location)",
+            )
+        )
+    return problems
 
 
 def validate(config: TrialConfig, source: str = "") -> None:
-    """Raise ConfigError for the first value outside its domain."""
-    # Registry names: registering modules are imported here so validation is complete.
-    from transinv import models, regimes, sources  # noqa: F401
+    """Raise ConfigError for the first value outside its domain.
 
+    Order: each key's bounds and plain choices, the class_regimes syntax, the rules across keys,
+    then registry names (which import the registries' modules, so come last).
+    """
     flat = to_flat(config)
-    for key, choices in _CHOICE_CHECKS.items():
-        check_choice(key, flat[key], choices(), source)
-    check_choice("finetune.freeze", config.finetune.freeze, FREEZE_MODES, source)
-    check_choice("finetune.transfer", config.finetune.transfer, TRANSFER_MODES, source)
-    check_choice("pretrain.stop", config.pretrain.stop, STOP_RULES, source)
-    check_choice("finetune.stop", config.finetune.stop, STOP_RULES, source)
-    check_choice("eval.schedule", config.eval.schedule, EVAL_SCHEDULES, source)
-    check_choice("run.device", config.run.device, DEVICES, source)
 
-    def need(ok: bool, key: str, what: str) -> None:
-        if not ok:
-            raise ConfigError(f"bad value {flat[key]!r} for {key!r}{_where(source)}: {what}")
+    def bad(key_: str, what: str) -> ConfigError:
+        return ConfigError(f"bad value {flat[key_]!r} for {key_!r}{_where(source)}: {what}")
 
-    need(config.canvas.channels in (1, 3), "canvas.channels", "must be 1 or 3")
-    need(config.canvas.item_size >= 2, "canvas.item_size", "must be at least 2 pixels")
-    need(
-        config.canvas.size >= config.canvas.item_size,
-        "canvas.size",
-        f"must be at least canvas.item_size ({config.canvas.item_size})",
-    )
-    need(config.canvas.size >= 32, "canvas.size", "must be at least 32 pixels")
-    need(0.0 <= config.pretrain.translation <= 1.0, "pretrain.translation", "must be in [0, 1]")
-    for key in ("pretrain.location", "finetune.location"):
-        need(all(0.0 <= v <= 1.0 for v in flat[key]), key, "fractions must be in [0, 1]")
-    need(config.pretrain.steps >= 0, "pretrain.steps", "must be >= 0")
-    need(config.finetune.steps >= 0, "finetune.steps", "must be >= 0")
-    need(config.optim.lr > 0, "optim.lr", "must be > 0")
-    need(config.finetune.lr >= 0, "finetune.lr", "must be >= 0 (0 = optim.lr)")
-    need(config.optim.batch_size >= 1, "optim.batch_size", "must be >= 1")
-    need(0.0 < config.stop.goal <= 1.0, "stop.goal", "must be in (0, 1]")
-    need(config.stop.window >= 1, "stop.window", "must be >= 1")
-    need(config.stop.patience >= 1, "stop.patience", "must be >= 1")
-    need(config.eval.every >= 1, "eval.every", "must be >= 1")
-    need(config.eval.points >= 2, "eval.points", "must be >= 2")
-    need(0.0 < config.eval.grid_step <= 1.0, "eval.grid_step", "must be in (0, 1]")
-    need(0.0 <= config.eval.grid_offset < 1.0, "eval.grid_offset", "must be in [0, 1)")
-    need(config.eval.items >= 2, "eval.items", "must be >= 2")
-    need(config.eval.pretrain_items >= 1, "eval.pretrain_items", "must be >= 1")
-    need(config.run.threads >= 0, "run.threads", "must be >= 0")
-    need(config.pretrain.classes >= 0, "pretrain.classes", "must be >= 0 (0 = source default)")
-    need(config.finetune.classes >= 0, "finetune.classes", "must be >= 0 (0 = source default)")
-    if config.pretrain.dataset == "imagenet":
-        need(
-            config.canvas.channels == 3,
-            "canvas.channels",
-            "pretrain.dataset=imagenet needs canvas.channels=3",
-        )
-    if config.pretrain.dataset not in PRETRAIN_SPECIAL:
-        need(
-            config.pretrain.dataset != config.finetune.dataset,
-            "finetune.dataset",
-            "must differ from pretrain.dataset (new items are learned at one location)",
-        )
-    regimes.parse_class_regimes(config.pretrain.class_regimes, source)
+    for key_, spec in KEYS.items():
+        value = flat[key_]
+        if spec.bounds is not None:
+            point = KEY_TYPES[key_] == Point
+            if not all(spec.bounds.holds(v) for v in (value if point else (value,))):
+                raise bad(key_, f"{'fractions ' if point else ''}must be {spec.bounds}")
+        if isinstance(spec.choices, tuple):
+            if all(isinstance(c, str) for c in spec.choices):
+                check_choice(key_, value, spec.choices, source)
+            elif value not in spec.choices:
+                raise bad(key_, f"must be {' or '.join(map(format_value, spec.choices))}")
+    pairs = class_regime_pairs(config.pretrain.class_regimes, source)
+    for key_, what in cross_key_problems(config):
+        raise bad(key_, what)
+    for key_, spec in KEYS.items():
+        if isinstance(spec.choices, Registry):
+            check_choice(key_, flat[key_], choices_for(key_), source)
+    regimes = registry_names("pretrain.class_regimes", REGIMES)
+    for name in pairs.values():
+        check_choice("pretrain.class_regimes", name, regimes, source, kind=REGIMES.kind)
 
 
 def data_root(config: TrialConfig) -> Path:
@@ -396,26 +559,61 @@ def data_root(config: TrialConfig) -> Path:
     return Path("data")
 
 
-def describe() -> list[tuple[str, str, str]]:
-    """(key, type, default) for every flat key, for `--help` and docs."""
+_SHORT_TYPES: dict[Any, str] = {
+    bool: "bool",
+    int: "int",
+    float: "float",
+    str: "str",
+    Point: "point",
+}
+
+
+def domain_text(key_: str) -> str:
+    """A key's domain as one line: `>= 32`, `in [0, 1]`, or its choices."""
+    spec = KEYS[key_]
+    if spec.bounds is not None:
+        return f"{'each ' if KEY_TYPES[key_] == Point else ''}{spec.bounds}"
+    if spec.choices is None:
+        return ""
+    try:
+        return ", ".join(map(format_value, choices_for(key_) or ()))
+    except ConfigError:
+        registry = spec.choices
+        assert isinstance(registry, Registry)
+        return f"a registered {registry.kind} (needs {registry.owner}, not importable here)"
+
+
+def describe() -> list[tuple[str, str, str, str, str]]:
+    """(key, type, default, domain, doc) for every flat key, for `--keys` and docs."""
     defaults = to_flat(TrialConfig())
-    return [(k, _type_name(t), format_value(defaults[k])) for k, t in KEY_TYPES.items()]
+    return [
+        (k, _SHORT_TYPES[t], format_value(defaults[k]), domain_text(k), KEYS[k].doc)
+        for k, t in KEY_TYPES.items()
+    ]
 
 
 __all__ = [
+    "Bounds",
     "CanvasConfig",
     "ConfigError",
     "DataConfig",
     "EvalConfig",
     "FinetuneConfig",
+    "KEYS",
     "KEY_TYPES",
+    "KeySpec",
     "ModelConfig",
     "OptimConfig",
     "PretrainConfig",
     "RunConfig",
     "StopConfig",
     "TrialConfig",
+    "check_choice",
+    "choices_for",
+    "class_regime_pairs",
+    "describe",
     "from_flat",
+    "key",
     "parse_overrides",
     "to_flat",
     "validate",

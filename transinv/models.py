@@ -7,8 +7,10 @@ architecture:
 
     logits = head(classifier(pool(features(x))))
 
-`MODELS` maps an architecture name (`small_cnn`, `vgg16_bn`, ...) to a builder
-`(num_classes, in_channels, canvas_size) -> Net`; `@register_model` fills it. What is not here:
+`MODELS` (the registry of `transinv/choices.py`) maps an architecture name (`small_cnn`,
+`vgg16_bn`, ...) to a builder `(num_classes, in_channels, canvas_size) -> Net`, with its facts:
+head kind (`flatten` or `gap`), total stride, whether torchvision builds it (and so has ImageNet
+weights); `@MODELS.register(...)` fills it. What is not here:
 which parts are frozen or scrambled in a phase (the trainer decides; it uses `parameter_groups`
 and `reinitialize`), and what is done with the probed activations (`evaluation.py`,
 `metrics.py`). Nothing here downloads: ImageNet weights are read from the torch hub cache or
@@ -27,8 +29,8 @@ import torch
 import torchvision
 from torch import nn
 
-from transinv import config
-from transinv.config import ConfigError
+from transinv.choices import MODELS
+from transinv.config import ConfigError, check_choice
 
 
 class WeightsUnavailableError(FileNotFoundError):
@@ -77,23 +79,7 @@ class Net(nn.Module):
 
 
 Builder = Callable[[int, int, int], Net]
-MODELS: dict[str, Builder] = {}
-"""Architecture name -> builder `(num_classes, in_channels, canvas_size) -> Net`."""
-
-
-def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Decorator adding a builder to `MODELS` under `name`."""
-
-    def add(builder: Builder) -> Builder:
-        if name in MODELS:
-            raise ValueError(f"architecture {name!r} is registered twice")
-        MODELS[name] = builder
-        return builder
-
-    return add
-
-
-config.register_choices("model.arch", lambda: list(MODELS))
+"""What `MODELS` holds: `(num_classes, in_channels, canvas_size) -> Net`."""
 
 
 def build_model(arch: str, num_classes: int, in_channels: int, canvas_size: int) -> Net:
@@ -101,7 +87,7 @@ def build_model(arch: str, num_classes: int, in_channels: int, canvas_size: int)
 
     Raises ConfigError for an unknown architecture or a canvas it cannot take.
     """
-    config.check_choice("model.arch", arch, MODELS)
+    check_choice("model.arch", arch, MODELS)
     return MODELS[arch](num_classes, in_channels, canvas_size)
 
 
@@ -176,7 +162,7 @@ def _hidden_fc(in_features: int, width: int) -> tuple[nn.Sequential, dict[str, n
     return classifier, {"fc1": classifier.relu1}
 
 
-@register_model("small_cnn")
+@MODELS.register(head="flatten", stride=8, torchvision=False)
 def small_cnn(num_classes: int, in_channels: int, canvas_size: int) -> Net:
     """4 x (conv3x3 + ReLU), 16/32/64/64 channels, maxpool2 after the first three, flatten,
     FC 128 + ReLU, head. Stride 8: the flatten head sees 64 * (S/8)^2 features."""
@@ -188,7 +174,7 @@ def small_cnn(num_classes: int, in_channels: int, canvas_size: int) -> Net:
     )
 
 
-@register_model("small_cnn_gap")
+@MODELS.register(head="gap", stride=8, torchvision=False)
 def small_cnn_gap(num_classes: int, in_channels: int, canvas_size: int) -> Net:
     """`small_cnn` with a spatial mean of the last conv map instead of flatten (64 features)."""
     _require_canvas("small_cnn_gap", canvas_size, 8, 8)
@@ -198,7 +184,7 @@ def small_cnn_gap(num_classes: int, in_channels: int, canvas_size: int) -> Net:
     return Net(features, pool, classifier, nn.Linear(128, num_classes), 8, probes | fc_probes)
 
 
-@register_model("tiny_cnn")
+@MODELS.register(head="flatten", stride=4, torchvision=False)
 def tiny_cnn(num_classes: int, in_channels: int, canvas_size: int) -> Net:
     """For tests and smoke studies: 2 x (conv3x3 + ReLU + maxpool2), 8/16 channels, flatten,
     FC 32 + ReLU, head. Stride 4."""
@@ -211,17 +197,6 @@ def tiny_cnn(num_classes: int, in_channels: int, canvas_size: int) -> Net:
 
 
 # --- torchvision architectures -------------------------------------------------------------------
-
-TORCHVISION_ARCHS = (
-    "vgg11",
-    "vgg11_bn",
-    "vgg16",
-    "vgg16_bn",
-    "resnet18",
-    "alexnet",
-    "densenet121",
-)
-"""The registered architectures built by torchvision, the only ones with ImageNet weights."""
 
 
 def _torchvision_model(arch: str, num_classes: int, canvas_size: int) -> nn.Module:
@@ -311,34 +286,38 @@ def _vgg_like(arch: str, num_classes: int, in_channels: int, canvas_size: int) -
     return _wrap(tv, net)
 
 
-@register_model("vgg11")
+@MODELS.register(head="flatten", stride=32, torchvision=True)
 def vgg11(num_classes: int, in_channels: int, canvas_size: int) -> Net:
+    """VGG-11: 8 convs in 5 blocks, each closed by maxpool/2 (stride 32), 3 FC layers."""
     return _vgg_like("vgg11", num_classes, in_channels, canvas_size)
 
 
-@register_model("vgg11_bn")
+@MODELS.register(head="flatten", stride=32, torchvision=True)
 def vgg11_bn(num_classes: int, in_channels: int, canvas_size: int) -> Net:
+    """VGG-11 with BatchNorm after every conv."""
     return _vgg_like("vgg11_bn", num_classes, in_channels, canvas_size)
 
 
-@register_model("vgg16")
+@MODELS.register(head="flatten", stride=32, torchvision=True)
 def vgg16(num_classes: int, in_channels: int, canvas_size: int) -> Net:
+    """VGG-16: 13 convs in 5 blocks, each closed by maxpool/2 (stride 32), 3 FC layers."""
     return _vgg_like("vgg16", num_classes, in_channels, canvas_size)
 
 
-@register_model("vgg16_bn")
+@MODELS.register(head="flatten", stride=32, torchvision=True)
 def vgg16_bn(num_classes: int, in_channels: int, canvas_size: int) -> Net:
+    """VGG-16 with BatchNorm after every conv."""
     return _vgg_like("vgg16_bn", num_classes, in_channels, canvas_size)
 
 
-@register_model("alexnet")
+@MODELS.register(head="flatten", stride=32, torchvision=True)
 def alexnet(num_classes: int, in_channels: int, canvas_size: int) -> Net:
     """Total stride 32 (4 x 2 x 2 x 2), but its unpadded 3x3 pools floor the map below S / 32
     (64 px -> 1 x 1), which its adaptive pool then spreads back to 6 x 6."""
     return _vgg_like("alexnet", num_classes, in_channels, canvas_size)
 
 
-@register_model("resnet18")
+@MODELS.register(head="gap", stride=32, torchvision=True)
 def resnet18(num_classes: int, in_channels: int, canvas_size: int) -> Net:
     """Stem (conv 7x7/2, maxpool/2) and 4 stages (/1, /2, /2, /2): stride 32; global average
     pool straight into the head, no hidden FC layers."""
@@ -351,7 +330,7 @@ def resnet18(num_classes: int, in_channels: int, canvas_size: int) -> Net:
     return _wrap(tv, net)
 
 
-@register_model("densenet121")
+@MODELS.register(head="gap", stride=32, torchvision=True)
 def densenet121(num_classes: int, in_channels: int, canvas_size: int) -> Net:
     """Stem (conv 7x7/2, maxpool/2) and 3 transitions (avgpool/2): stride 32. Probes are the
     post-BN-ReLU views of the stem and of each dense block's output (the transitions' ReLUs and
@@ -399,11 +378,11 @@ def load_imagenet_weights(net: Net, arch: str) -> None:
     Raises ConfigError for an architecture without ImageNet weights, WeightsUnavailableError
     when the file is not cached.
     """
-    config.check_choice("model.arch", arch, MODELS)
-    if arch not in TORCHVISION_ARCHS or not net.torchvision_keys:
+    check_choice("model.arch", arch, MODELS)
+    if not MODELS.facts(arch)["torchvision"] or not net.torchvision_keys:
         raise ConfigError(
             f"architecture {arch!r} has no ImageNet weights (pretrain.dataset=imagenet); "
-            f"architectures with them: {', '.join(TORCHVISION_ARCHS)}"
+            f"architectures with them: {', '.join(MODELS.names(torchvision=True))}"
         )
     path, name, url = imagenet_weights_path(arch)
     if not path.is_file():
@@ -441,14 +420,12 @@ def load_imagenet_weights(net: Net, arch: str) -> None:
 
 __all__ = [
     "MODELS",
-    "TORCHVISION_ARCHS",
     "Net",
     "WeightsUnavailableError",
     "build_model",
     "imagenet_weights_path",
     "load_imagenet_weights",
     "parameter_groups",
-    "register_model",
     "reinitialize",
     "replace_head",
 ]

@@ -5,6 +5,8 @@ S = canvas side, k = item side, h = k // 2. An item centred at (x, y) covers col
 are in the valid range V = [h, S - k + h + 1). Every regime draws integer centres inside V;
 configs give positions as canvas fractions (`to_pixel` rounds and clips them to V).
 
+Each regime registers into `REGIMES` (`transinv/choices.py`) under its function's name, with
+the fact `uses`: the config keys, besides the canvas and the item set, that change its centres.
 Pasting items on canvases, and drawing which items to paste, live in `canvas.py`.
 """
 
@@ -16,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from transinv import config as cfg
-from transinv.config import ConfigError, Point
+from transinv.choices import REGIMES
+from transinv.config import ConfigError, Point, check_choice, class_regime_pairs
 
 
 @dataclass(frozen=True)
@@ -62,19 +64,6 @@ def point_to_pixel(point: Point, size: int, item_size: int) -> tuple[int, int]:
 Regime = Callable[[Placement, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 """(placement, labels [B], item indices [B], generator) -> centres [B, 2] int64 as (x, y)."""
 
-REGIMES: dict[str, Regime] = {}
-
-
-def register_regime(name: str) -> Callable[[Regime], Regime]:
-    def add(fn: Regime) -> Regime:
-        REGIMES[name] = fn
-        return fn
-
-    return add
-
-
-cfg.register_choices("pretrain.regime", lambda: list(REGIMES))
-
 
 def uniform_int(low: torch.Tensor, high: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """One integer uniform on [low, high) per element, for per-element bounds. low, high: [B]."""
@@ -88,13 +77,15 @@ def _box(x: tuple[int, int], y: tuple[int, int], batch: int, gen: torch.Generato
     return uniform_int(lo, hi, gen)
 
 
-@register_regime("whole")
+@REGIMES.register(uses=())
 def whole(p: Placement, labels: torch.Tensor, items: torch.Tensor, gen: torch.Generator):
+    """Anywhere: centres uniform over the valid range V x V."""
     return _box((p.lo, p.hi), (p.lo, p.hi), len(labels), gen)
 
 
-@register_regime("location")
+@REGIMES.register(uses=("pretrain.location",))
 def location(p: Placement, labels: torch.Tensor, items: torch.Tensor, gen: torch.Generator):
+    """One point: every centre at `pretrain.location`."""
     x, y = point_to_pixel(p.location, p.size, p.item_size)
     return torch.tensor([x, y]).repeat(len(labels), 1)
 
@@ -114,8 +105,9 @@ def translation_box(p: Placement) -> tuple[tuple[int, int], tuple[int, int]]:
     return ranges[0], ranges[1]
 
 
-@register_regime("translation")
+@REGIMES.register(uses=("pretrain.location", "pretrain.translation"))
 def translation(p: Placement, labels: torch.Tensor, items: torch.Tensor, gen: torch.Generator):
+    """A box of side r * |V| around `pretrain.location` (r = `pretrain.translation`)."""
     x, y = translation_box(p)
     return _box(x, y, len(labels), gen)
 
@@ -132,8 +124,9 @@ def class_cells(p: Placement) -> torch.Tensor:
     return torch.tensor(cells)
 
 
-@register_regime("class_region")
+@REGIMES.register(uses=())
 def class_region(p: Placement, labels: torch.Tensor, items: torch.Tensor, gen: torch.Generator):
+    """Class c anywhere in its own cell of V x V tiled ceil(sqrt(C)) x ceil(sqrt(C))."""
     cells = class_cells(p)[labels]  # [B, 2, 2]
     return uniform_int(cells[:, :, 0], cells[:, :, 1], gen)
 
@@ -144,42 +137,38 @@ def exemplar_pins(p: Placement) -> torch.Tensor:
     return _box((p.lo, p.hi), (p.lo, p.hi), p.num_items, gen)
 
 
-@register_regime("exemplar_location")
+@REGIMES.register(uses=("data.seed",))
 def exemplar_location(
     p: Placement, labels: torch.Tensor, items: torch.Tensor, gen: torch.Generator
 ):
+    """Each exemplar at its own fixed centre, drawn once with the data seed."""
     return exemplar_pins(p)[items]
 
 
-@register_regime("left")
+@REGIMES.register(uses=())
 def left(p: Placement, labels: torch.Tensor, items: torch.Tensor, gen: torch.Generator):
+    """Centres in the left half of the canvas (x < S/2), any height."""
     return _box((p.lo, p.size // 2), (p.lo, p.hi), len(labels), gen)
 
 
-@register_regime("right")
+@REGIMES.register(uses=())
 def right(p: Placement, labels: torch.Tensor, items: torch.Tensor, gen: torch.Generator):
+    """Centres in the right half of the canvas (x >= S/2), any height."""
     return _box((p.size // 2, p.hi), (p.lo, p.hi), len(labels), gen)
 
 
-@register_regime("hline")
+@REGIMES.register(uses=())
 def hline(p: Placement, labels: torch.Tensor, items: torch.Tensor, gen: torch.Generator):
+    """Centres on the middle row (y = S/2), any x."""
     return _box((p.lo, p.hi), (p.size // 2, p.size // 2 + 1), len(labels), gen)
 
 
 def parse_class_regimes(text: str, source: str = "") -> dict[int, str]:
     """`"0=left,3=right"` as {0: "left", 3: "right"}; raises ConfigError naming the bad pair."""
-    out: dict[int, str] = {}
-    for pair in filter(None, (s.strip() for s in text.split(","))):
-        cls, sep, name = pair.partition("=")
-        where = f" in {source}" if source else ""
-        if not sep or not cls.strip().isdigit():
-            raise ConfigError(
-                f"bad pair {pair!r}{where}: pretrain.class_regimes takes class=regime pairs "
-                "separated by commas, e.g. 0=left,1=right"
-            )
-        cfg.check_choice("pretrain.class_regimes", name.strip(), REGIMES, source)
-        out[int(cls)] = name.strip()
-    return out
+    pairs = class_regime_pairs(text, source)
+    for name in pairs.values():
+        check_choice("pretrain.class_regimes", name, REGIMES, source, kind=REGIMES.kind)
+    return pairs
 
 
 def build_sampler(
@@ -187,7 +176,7 @@ def build_sampler(
 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]:
     """A function (labels [B], item indices [B], generator) -> centres [B, 2] for a regime,
     optionally overridden per class."""
-    cfg.check_choice("pretrain.regime", regime, REGIMES)
+    check_choice("pretrain.regime", regime, REGIMES)
     mapping = dict(class_regimes or {})
     for cls in mapping:
         if not 0 <= cls < placement.num_classes:

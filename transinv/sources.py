@@ -1,7 +1,8 @@
 """Item sources: class-labelled greyscale items, split into training and held-out exemplars and
 resized to the canvas item size.
 
-Lives here: the source registry (`SOURCES`, filled by `@register_source`), the procedural glyph
+Lives here: the sources registered into `SOURCES` (`transinv/choices.py`) with their class
+limits as facts (`@SOURCES.register(default_classes=..., max_classes=...)`), the procedural glyph
 sets `glyphs` and `glyphs_b`, the offline loaders of MNIST, FashionMNIST and Omniglot, resizing,
 and the pixel statistics of canvases holding one item (for normalisation). Not here: pasting
 items on canvases and the training stream (`canvas.py`), where centres may fall (`regimes.py`).
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transinv import config
+from transinv.choices import SOURCES
 from transinv.config import ConfigError
 
 HELD_OUT = 0.2
@@ -97,15 +98,6 @@ class ItemSet:
         return self._slices
 
 
-@dataclass(frozen=True)
-class _Limits:
-    default_classes: int
-    max_classes: int | None
-
-
-SOURCES: dict[str, SourceFn] = {}
-_LIMITS: dict[str, _Limits] = {}
-
 # Asked for often enough to deserve a reason in the error (paper.md, Section 5).
 _NOT_OFFLINE = {
     "kmnist": "Kuzushiji-MNIST is not available offline",
@@ -113,27 +105,8 @@ _NOT_OFFLINE = {
 }
 
 
-def register_source(
-    name: str, default_classes: int, max_classes: int | None = None
-) -> Callable[[SourceFn], SourceFn]:
-    """Decorator adding a source to `SOURCES`; `max_classes` None means unbounded (procedural)."""
-
-    def decorate(fn: SourceFn) -> SourceFn:
-        if name in SOURCES:
-            raise ValueError(f"item source {name!r} is registered twice")
-        SOURCES[name] = fn
-        _LIMITS[name] = _Limits(default_classes, max_classes)
-        return fn
-
-    return decorate
-
-
 def source_names() -> list[str]:
-    return list(SOURCES)
-
-
-config.register_choices("pretrain.dataset", lambda: [*config.PRETRAIN_SPECIAL, *SOURCES])
-config.register_choices("finetune.dataset", lambda: list(SOURCES))
+    return SOURCES.names()
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,13 +134,13 @@ def load_items(
         raise ConfigError(
             f"unknown dataset {name!r}{why}; choose one of {', '.join(source_names())}"
         )
-    limits = _LIMITS[name]
+    facts = SOURCES.facts(name)
     if classes < 0:
         raise ConfigError(f"dataset {name!r}: classes must be >= 0 (0 = default), got {classes}")
-    n = classes or limits.default_classes
-    if limits.max_classes is not None and n > limits.max_classes:
+    n = classes or facts["default_classes"]
+    if facts["max_classes"] is not None and n > facts["max_classes"]:
         raise ConfigError(
-            f"dataset {name!r} has at most {limits.max_classes} classes; asked for {n}"
+            f"dataset {name!r} has at most {facts['max_classes']} classes; asked for {n}"
         )
     if not 1 <= item_size <= canvas_size:
         raise ConfigError(f"item size {item_size} must be in [1, canvas size {canvas_size}]")
@@ -265,13 +238,13 @@ SUPERSAMPLE = 4
 """Strokes are drawn on a (4k)^2 raster and area-averaged down to k x k."""
 
 
-@register_source("glyphs", default_classes=30)
+@SOURCES.register(default_classes=30, max_classes=None)
 def glyphs(request: SourceRequest) -> RawItems:
     """Omniglot-like procedural glyphs, 60 exemplars per class (paper.md, Section 5)."""
     return make_glyphs("glyphs", request.classes, 60, request.item_size, request.data_seed)
 
 
-@register_source("glyphs_b", default_classes=10)
+@SOURCES.register(default_classes=10, max_classes=None)
 def glyphs_b(request: SourceRequest) -> RawItems:
     """A second, independent glyph set (different classes), 120 exemplars per class."""
     return make_glyphs("glyphs_b", request.classes, 120, request.item_size, request.data_seed)
@@ -391,7 +364,7 @@ _IDX_FILES = (
 )
 
 
-@register_source("mnist", default_classes=10, max_classes=10)
+@SOURCES.register(default_classes=10, max_classes=10)
 def mnist(request: SourceRequest) -> RawItems:
     """Handwritten digits, torchvision's standard train/test split."""
     from torchvision.datasets import MNIST
@@ -399,7 +372,7 @@ def mnist(request: SourceRequest) -> RawItems:
     return _torchvision_source("mnist", MNIST, request)
 
 
-@register_source("fashion_mnist", default_classes=10, max_classes=10)
+@SOURCES.register(default_classes=10, max_classes=10)
 def fashion_mnist(request: SourceRequest) -> RawItems:
     """Zalando's clothing images, torchvision's standard train/test split."""
     from torchvision.datasets import FashionMNIST
@@ -436,13 +409,13 @@ OMNIGLOT_TRAIN_DRAWERS = 16
 """Drawers 0-15 of each character are training items, 16-19 (20 %) held out."""
 
 
-@register_source("omniglot", default_classes=100, max_classes=964)
+@SOURCES.register(default_classes=100, max_classes=964)
 def omniglot(request: SourceRequest) -> RawItems:
     """Omniglot's background set (964 characters); a class is a character."""
     return _omniglot("omniglot", "images_background.npz", request)
 
 
-@register_source("omniglot_eval", default_classes=50, max_classes=659)
+@SOURCES.register(default_classes=50, max_classes=659)
 def omniglot_eval(request: SourceRequest) -> RawItems:
     """Omniglot's evaluation set (659 characters, none shared with `omniglot`)."""
     return _omniglot("omniglot_eval", "images_evaluation.npz", request)
@@ -482,7 +455,6 @@ __all__ = [
     "draw_segments",
     "load_items",
     "make_glyphs",
-    "register_source",
     "resize",
     "source_names",
 ]
