@@ -24,16 +24,6 @@ DOMAIN_KINDS = ("choice", "uniform", "loguniform", "int", "grid")
 CONDITIONS = ("when", "when_not")
 _DOMAIN_OPTIONS = {"int": ("step", "log")}
 
-# Enumerated keys whose choices live in transinv.config rather than in a registry.
-ENUM_CHOICES: dict[str, tuple[str, ...]] = {
-    "finetune.freeze": cfg.FREEZE_MODES,
-    "finetune.transfer": cfg.TRANSFER_MODES,
-    "pretrain.stop": cfg.STOP_RULES,
-    "finetune.stop": cfg.STOP_RULES,
-    "eval.schedule": cfg.EVAL_SCHEDULES,
-    "run.device": cfg.DEVICES,
-}
-
 
 class StudyFile:
     """Error helper: messages read `<what> in <file>: <yaml.path>; <what would be valid>`."""
@@ -81,24 +71,16 @@ class StudyFile:
         return key
 
     def name_in_registry(self, key: str, value: Any, where: str) -> None:
-        """Registry and enumerated keys, in config.check_choice's words with our YAML path."""
-        choices = _named_choices(key)
+        """Keys declared with choices (plain or a registry's), in config.check_choice's words
+        with our YAML path."""
+        choices = cfg.choices_for(key)
         if choices is not None:
-            kind = {"model.arch": "architecture"}.get(key, "value")
+            kind = cfg.choice_kind(key)
             self.check(value in choices, where, f"unknown {kind} {value!r}", choose(choices))
 
 
 def choose(choices: Iterable[Any]) -> str:
     return f"choose one of {', '.join(map(cfg.format_value, choices))}"
-
-
-def _named_choices(key: str) -> list[str] | None:
-    # The registering modules fill config._CHOICE_CHECKS on import (config.validate does the same).
-    from transinv import models, regimes, sources  # noqa: F401
-
-    if key in cfg._CHOICE_CHECKS:
-        return list(cfg._CHOICE_CHECKS[key]())
-    return list(ENUM_CHOICES[key]) if key in ENUM_CHOICES else None
 
 
 def read_yaml(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
