@@ -25,6 +25,7 @@ from transinv.analyses.base import (
     representation_layer,
     with_g_at_start,
 )
+from transinv.choices import MODELS
 from transinv.regimes import point_to_pixel
 
 # ---------------------------------------------------------------------------------------------
@@ -286,8 +287,9 @@ def head_and_stride(study: StudyData) -> Section:
     section.figures["stride.png"] = study_plots.condition_bars(
         long, "condition", "acc@untrained", "centres", chance_of(runs)
     )
-    gap = runs[runs["model.arch"].str.endswith("_gap")]
-    flat = runs[~runs["model.arch"].str.endswith("_gap")]
+    # The head kind is a fact of each registered architecture, not something read off its name.
+    gap = runs[runs["model.arch"].isin(MODELS.names(head="gap"))]
+    flat = runs[runs["model.arch"].isin(MODELS.names(head="flatten"))]
     section.checks.append(
         compare(
             gap.loc[gap["pretrain.dataset"] == "none", metrics.ACC_UNTRAINED],
