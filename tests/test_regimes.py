@@ -142,3 +142,25 @@ def test_bad_class_regimes_name_the_problem(text):
 def test_class_outside_the_set_is_refused():
     with pytest.raises(ConfigError, match="outside"):
         build_sampler("whole", placement(), {12: "left"})
+
+
+# The Placement field each config key of a regime's `uses` fact sets (trainer.placement).
+USES_FIELD = {
+    "pretrain.location": ("location", (0.3, 0.7)),
+    "pretrain.translation": ("translation", 0.4),
+    "data.seed": ("pin_seed", 5),
+}
+
+
+@pytest.mark.parametrize("regime", sorted(REGIMES))
+def test_the_uses_fact_lists_exactly_the_keys_that_move_a_regimes_centres(regime):
+    uses = REGIMES.facts(regime)["uses"]
+    assert set(uses) <= set(USES_FIELD)
+    base, _, _ = draw(regime, n=500, location=(0.5, 0.5), translation=0.8, pin_seed=0)
+    for key, (name, value) in USES_FIELD.items():
+        moved, _, _ = draw(
+            regime,
+            n=500,
+            **{"location": (0.5, 0.5), "translation": 0.8, "pin_seed": 0, name: value},
+        )
+        assert (not torch.equal(moved, base)) == (key in uses), key
