@@ -17,6 +17,7 @@ from transinv.analyses import (
     representation_layer,
     trend,
 )
+from transinv.analyses.base import g_at_start_column
 
 
 def series(*values):
@@ -63,3 +64,16 @@ def test_representation_layer_is_the_last_hidden_fc_else_logits():
     assert representation_layer([f"{g}fc1", f"{g}fc2", f"{g}logits"]) == "fc2"
     assert representation_layer([f"{g}conv5", f"{g}logits"]) == "logits"
     assert representation_layer(["finetune/acc_trained"]) is None
+
+
+def test_layer_keys_split_one_way_for_scores_grids_and_final_grid_columns():
+    from transinv import metrics
+
+    columns = ["invariance/G/conv1", "invariance/I/conv1", "invariance/G_grid/fc1", "finetune/loss"]
+    assert metrics.layers_of(columns) == {"invariance/G/conv1": "conv1"}
+    assert metrics.layers_of(columns, "G_grid") == {"invariance/G_grid/fc1": "fc1"}
+    assert metrics.invariance_parts(metrics.invariance_key("D", "fc1")) == ("D", "fc1")
+    assert metrics.invariance_parts("invariance/G/") is None
+    assert metrics.grid_column(metrics.g_grid_key("fc1")) == "G/fc1"
+    assert g_at_start_column("fc1") == "invariance/G/fc1 at step 0"
+    assert g_at_start_column(None) is None

@@ -12,7 +12,7 @@ inputs. G = (I - D) / (1 - D): 1 = like identical copies, 0 = like an unrelated 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -169,3 +169,24 @@ def forgetting_summary(curves: Mapping[str, Mapping[int, float]]) -> dict[str, f
         out[drop_key(key)] = drop
         out[peak_step_key(key)] = float(step)
     return out
+
+
+def invariance_parts(key: str) -> tuple[str, str] | None:
+    """(quantity, layer) of an invariance key: `invariance/G/fc1` -> ("G", "fc1"),
+    `invariance/G_grid/fc1` -> ("G_grid", "fc1"); None for any other key."""
+    parts = key.split("/", 2)
+    if len(parts) != 3 or parts[0] != "invariance" or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+def layers_of(keys: Iterable[str], quantity: str = "G") -> dict[str, str]:
+    """Key -> layer for the per-layer `quantity` keys among `keys` (metrics, columns), in order."""
+    found = ((key, invariance_parts(key)) for key in keys)
+    return {key: parts[1] for key, parts in found if parts and parts[0] == quantity}
+
+
+def grid_column(key: str) -> str:
+    """The column of a grid key in the final-grid table: `invariance/G_grid/fc1` -> `G/fc1`."""
+    parts = invariance_parts(key)
+    return f"G/{parts[1]}" if parts and parts[0] == "G_grid" else key

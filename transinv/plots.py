@@ -242,12 +242,12 @@ def invariance_by_layer(scores: Mapping[str, float], title: str = "") -> Figure:
     layers: list[str] = []
     table: dict[str, dict[str, float]] = {"I": {}, "D": {}, "G": {}}
     for key, value in scores.items():
-        parts = key.split("/", 2)
-        if len(parts) != 3 or parts[0] != "invariance" or parts[1] not in table or not parts[2]:
+        quantity, layer = metrics.invariance_parts(key) or ("", "")
+        if quantity not in table:
             continue
-        if parts[2] not in layers:
-            layers.append(parts[2])
-        table[parts[1]][parts[2]] = float(value)
+        if layer not in layers:
+            layers.append(layer)
+        table[quantity][layer] = float(value)
 
     fig = Figure(figsize=(max(6.0, 1.0 * len(layers) + 3.0), 4.6), layout="constrained")
     ax = fig.subplots()

@@ -60,7 +60,7 @@ ROLE_STUDY, ROLE_TRIAL = "study", "trial"
 
 
 def role_filter(role: str) -> str:
-    """`tags.\`transinv.role\` = 'trial'`: a study's trial runs (or its parent run)."""
+    """A study's trial runs (`trial`) or its parent run (`study`)."""
     return f"tags.`{TAG_ROLE}` = '{role}'"
 
 

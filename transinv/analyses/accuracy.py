@@ -19,6 +19,7 @@ from transinv.analyses.base import (
     compare,
     condition_labels,
     condition_table,
+    g_at_start_column,
     level,
     mean_std,
     register,
@@ -228,7 +229,7 @@ def coverage_controls(study: StudyData) -> Section:
     runs = study.runs
     layer = representation_layer(runs.columns)
     frame = with_g_at_start(study, layer)
-    g0 = f"{metrics.invariance_key('G', layer)} at step 0" if layer else None
+    g0 = g_at_start_column(layer)
     columns = [metrics.ACC_TRAINED, metrics.ACC_UNTRAINED, metrics.invariance_key("G", layer or "")]
     table = condition_table(frame, ["pretrain.regime"], [*columns, g0])
     section.tables.append(("By pretraining regime", table))

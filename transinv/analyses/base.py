@@ -190,7 +190,7 @@ def chance_of(runs: pd.DataFrame) -> float:
 def representation_layer(columns: Sequence[str]) -> str | None:
     """The layer whose G stands for 'the representation': the last hidden FC layer, else the
     logits (nets whose pooled features go straight to the head)."""
-    layers = [c.split("/", 2)[2] for c in columns if c.startswith("invariance/G/")]
+    layers = list(metrics.layers_of(columns).values())
     fc = [name for name in layers if name.startswith("fc")]
     return (sorted(fc)[-1] if fc else None) or ("logits" if "logits" in layers else None)
 
@@ -226,11 +226,15 @@ def at_step(long: pd.DataFrame, step: int = 0) -> pd.DataFrame:
     return long[long["step"] == step]
 
 
+def g_at_start_column(layer: str | None) -> str | None:
+    """The column `with_g_at_start` adds: `invariance/G/<layer> at step 0` (None: no layer)."""
+    return f"{metrics.invariance_key('G', layer)} at step 0" if layer else None
+
+
 def g_at_start(study: StudyData, layer: str) -> pd.DataFrame:
     """Per run: G of `layer` on the new items before finetuning (finetune step 0)."""
-    key = metrics.invariance_key("G", layer)
-    start = at_step(study.curves([key]))
-    return start[["run_id", "value"]].rename(columns={"value": f"{key} at step 0"})
+    start = at_step(study.curves([metrics.invariance_key("G", layer)]))
+    return start[["run_id", "value"]].rename(columns={"value": g_at_start_column(layer)})
 
 
 def with_g_at_start(study: StudyData, layer: str | None) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from transinv.analyses.base import (
     StudyData,
     chance_of,
     condition_table,
+    g_at_start_column,
     register,
     representation_layer,
     trend,
@@ -42,7 +43,7 @@ def dose_response(study: StudyData) -> Section:
     frame = with_g_at_start(study, layer)
     group = "model.arch" if "model.arch" in study.conditions else None
     by = [k for k in (group, "pretrain.translation") if k]
-    g0 = f"{metrics.invariance_key('G', layer)} at step 0" if layer else None
+    g0 = g_at_start_column(layer)
     table = condition_table(frame, by, [metrics.ACC_UNTRAINED, metrics.ACC_TRAINED, g0])
     section.tables.append(("By translation range", table))
     x = "pretrain.translation"

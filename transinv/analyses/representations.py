@@ -37,16 +37,14 @@ def representations(study: StudyData) -> Section:
         "In which layer does it appear?",
     )
     runs = study.runs
-    keys = [c for c in runs.columns if c.startswith("invariance/G/")]
-    layers = [k.split("/", 2)[2] for k in keys]
-    start = at_step(study.curves(keys))
+    layer_of = metrics.layers_of(runs.columns)
+    layers = list(layer_of.values())
+    start = at_step(study.curves(list(layer_of)))
     if start.empty:
         section.checks.append(Check("G per layer before finetuning", "no curves", NO_DATA))
         return section
     by = study.conditions
-    start = start.assign(
-        layer=start["key"].str.split("/", n=2).str[2], condition=condition_labels(start, by)
-    )
+    start = start.assign(layer=start["key"].map(layer_of), condition=condition_labels(start, by))
     section.figures["g_by_layer.png"] = study_plots.layer_profile(
         start, "layer", "value", "condition", "new items before finetuning"
     )
@@ -62,7 +60,7 @@ def representations(study: StudyData) -> Section:
         ("G per layer at finetuning step 0 (mean ± std over seeds)", shown.reset_index())
     )
 
-    layer = representation_layer(keys)
+    layer = representation_layer(list(layer_of))
     translated = _fully_translated(start)
     if layer and translated.any():
         at_layer = start[start["layer"] == layer]
