@@ -47,7 +47,6 @@ def _long_curves() -> pd.DataFrame:
 
 BUILDERS = {
     "accuracy_heatmap": lambda: plots.accuracy_heatmap(_acc_grid(), XS, YS, (16, 32), 0.1, "t"),
-    "g_heatmap": lambda: plots.g_heatmap(_acc_grid() - 0.2, XS, YS, (16, 32), "fc1"),
     "invariance_by_layer": lambda: plots.invariance_by_layer(_scores(), "final"),
     "forgetting_figure": lambda: plots.forgetting_figure(
         {"finetune/acc_untrained": {0: 0.2, 100: 0.5, 200: 0.4}}
@@ -142,12 +141,10 @@ def test_heatmap_rejects_a_grid_that_does_not_match_its_centres():
         plots.accuracy_heatmap(np.zeros((13, 12)), XS[:12], YS[:12], None, 0.1)
 
 
-def test_g_heatmap_scales_from_minus_point_two_to_one_and_shows_nan_as_a_dash():
-    g = _acc_grid() - 0.2
-    g[0, 0] = math.nan
-    fig = plots.g_heatmap(g, XS, YS, (16, 32), "fc1")
-    assert _mesh(fig).get_clim() == pytest.approx((-0.2, 1.0))
-    assert "fc1" in fig.axes[0].get_title()
+def test_heatmap_shows_a_missing_value_as_a_dash():
+    acc = _acc_grid()
+    acc[0, 0] = math.nan
+    fig = plots.accuracy_heatmap(acc, XS, YS, (16, 32), 0.1)
     assert ((8.0, 8.0), "–") in {(t.get_position(), t.get_text()) for t in fig.axes[0].texts}
     assert plots.to_png(fig).startswith(PNG)
 

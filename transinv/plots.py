@@ -1,11 +1,11 @@
-"""Figures of one trial: accuracy and G heatmaps over the canvas, invariance by layer and
+"""Figures of one trial: accuracy heatmaps over the canvas, invariance by layer and
 forgetting curves; plus `to_png`, `grid_image` and the styling the study figures
 (`study_plots.py`) share.
 
 Only matplotlib's object-oriented API (`Figure`, never pyplot): a figure carries no global
 backend state, so Ray workers and threads can draw at once. Every function returns a `Figure`;
 logging it (MLflow) is `tracking.py`'s job and loading runs into tables is `results.py`'s.
-Colours are colour-blind friendly (viridis, a ColorBrewer diverging map, the Okabe-Ito palette).
+Colours are colour-blind friendly (viridis, the Okabe-Ito palette).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib import patheffects as pe
 from matplotlib.axes import Axes
-from matplotlib.colors import Colormap, Normalize, TwoSlopeNorm
+from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
@@ -90,34 +90,6 @@ def accuracy_heatmap(
     bar = fig.colorbar(mesh, ax=ax, shrink=0.9)
     bar.set_label(f"accuracy (chance {chance:.2g}, dashed)")
     bar.ax.axhline(chance, color="white", linestyle="--", linewidth=1.2)
-    return fig
-
-
-def g_heatmap(
-    g: np.ndarray,
-    xs: np.ndarray,
-    ys: np.ndarray,
-    trained: tuple[int, int] | None,
-    layer: str,
-) -> Figure:
-    """G = (I - D) / (1 - D) of one layer at each test centre; g: [Gy, Gx] like `acc` above.
-
-    Diverging around 0 (white: like an unrelated item; dark purple: like identical copies;
-    orange: below the baseline), scaled -0.2..1.
-    """
-    fig, ax, mesh = _canvas_map(
-        g,
-        xs,
-        ys,
-        trained,
-        norm=TwoSlopeNorm(vcenter=0.0, vmin=-0.2, vmax=1.0),
-        cmap=colormaps["PuOr"],
-        title=f"Invariance G over the canvas: layer {layer}",
-    )
-    bar = fig.colorbar(mesh, ax=ax, shrink=0.9)
-    bar.ax.set_yscale("linear")  # evenly spaced values, not half the bar for -0.2..0
-    bar.set_label("G = (I - D) / (1 - D)   (1: identical copy, 0: unrelated item)")
-    bar.set_ticks([-0.2, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     return fig
 
 
