@@ -5,7 +5,7 @@ search_spaces/paper_scale.yaml), each registered architecture runs a real trial 
 `run_trial` with a budget of one step per phase: a pretraining step on glyphs, the head swap, a
 finetuning step on glyphs_b, and evaluations on a 2 x 2 grid of centres. What a GPU cluster would
 otherwise be first to find (a shape that fails at 224 px, a head with the wrong width, a loss
-that is NaN) fails here in seconds.
+that is NaN) fails here within a minute per architecture.
 
 Each case runs in a fresh Python process (this file, run as a script), so its peak resident
 memory (`ru_maxrss`) is that one trial's, torch's import included; `-s` prints it with the time:
