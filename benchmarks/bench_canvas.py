@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     device = select_device(args.device)
     config = from_flat({"run.device": args.device, "run.threads": args.threads})
     setup = build_setup(config, device, args.threads)
-    stream = setup.pretrain.stream
+    stream = setup.phases["pretrain"].data.stream
     render = stream.render
     k = stream.train.shape[-1]
 

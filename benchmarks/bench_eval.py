@@ -16,7 +16,7 @@ between each item's activations at the trained centre and at the grid centre, fo
            Results are kept as tensors and stacked at the end (no `.item()` per centre, which
            would only slow it down on a GPU). Same net, same channels_last input, same items.
 
-The net is the trainer's own (`initial_state`, then `begin_finetune`), freshly initialised: the
+The net is the trainer's own (`initial_state`, then `enter_phase`), freshly initialised: the
 work per evaluation does not depend on the weights.
 
 Before timing, both are checked to give the same numbers on 3 of the 13 grid rows: accuracy
@@ -60,9 +60,9 @@ from transinv.evaluation import (
     other_class_partner,
 )
 from transinv.trainer import (
-    begin_finetune,
     build_setup,
     configure_threads,
+    enter_phase,
     initial_state,
     select_device,
 )
@@ -189,10 +189,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(config.seed)
     setup = build_setup(config, device, threads)
     state = initial_state(setup)
-    begin_finetune(state)  # the finetuning head: what evaluate_finetune evaluates
-    net, data, grid = state.net, setup.finetune, setup.grid
+    enter_phase(state, setup.phases["finetune"])  # the finetuning head: what it evaluates
+    net, data, grid = state.net, setup.phases["finetune"].data.held_out, setup.grid
     layers = list(net.probe_layers)
-    items, labels = data.eval_items, data.eval_labels
+    items, labels = data.items, data.labels
 
     gy, gx = len(grid.ys), len(grid.xs)
     row_grids = [dataclasses.replace(grid, ys=grid.ys[[r]]) for r in range(gy)]
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{os.getloadavg()[0]:.2f})"
     )
     print(
-        f"setup: {config.model.arch} ({data.items.num_classes}-way {config.finetune.dataset} "
+        f"setup: {config.model.arch} ({data.num_classes}-way {config.finetune.dataset} "
         f"head), {len(items)} items, canvas {data.render.size} px, items "
         f"{config.canvas.item_size} px, grid {gy} x {gx} = {gy * gx} centres (step {grid.step} "
         f"px), trained centre {grid.trained}, layers {', '.join(layers)}, channels_last"

@@ -41,12 +41,10 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from unittest import mock
 
 import torch
 from torch import nn
 
-from transinv import trainer
 from transinv.canvas import CanvasStream
 from transinv.config import from_flat
 from transinv.models import build_model
@@ -86,22 +84,22 @@ def side_by_side(
     return rates
 
 
-def no_evaluation(state: TrainState, final: bool) -> Evaluation:
-    """Stands in for `trainer.evaluate_pretrain` while timing the loop."""
-    return Evaluation("pretrain", state.step, {}, {}, final)
+def no_evaluation(net, previous_head, step: int, running, final: bool) -> Evaluation:
+    """Stands in for the phase's evaluation while timing the loop."""
+    return Evaluation("pretrain", step, {}, {}, final)
 
 
 def trainer_rounds(state: TrainState) -> Callable[[int], None]:
     """`steps` more steps of the real pretraining loop per call."""
-    phase_steps = state.setup.config.pretrain.steps
+    phase = dataclasses.replace(state.setup.phases["pretrain"], evaluate=no_evaluation)
+    phase_steps = phase.steps
 
     def run(steps: int) -> None:
         # run_phase trains from state.step to the phase's step count: start each round there.
         state.step = phase_steps - steps
         state.evaluated = True
         state.stop_reason.pop("pretrain", None)
-        with mock.patch.object(trainer, "evaluate_pretrain", no_evaluation):
-            run_phase(state, on_eval=None)
+        run_phase(state, phase, on_eval=None)
 
     return run
 
@@ -168,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     device = select_device(config.run.device)
     torch.manual_seed(config.seed)
     setup = build_setup(config, device, threads)
-    data = setup.pretrain
+    data = setup.phases["pretrain"].data
     batch = config.optim.batch_size
     state = initial_state(setup)  # the trainer's own net and optimiser
 

@@ -95,6 +95,27 @@ def test_g_of_an_input_against_itself_is_one():
     assert torch.allclose(metrics.cosine_rows(a, a), torch.ones(5))
 
 
+def test_cosines_of_every_place_with_every_reference_of_the_same_item():
+    """The functions evaluate_grid scores I and D with, against a per-pair computation."""
+    gen = torch.Generator().manual_seed(0)
+    acts = torch.randn(3, 4, 6, generator=gen)  # 3 places, 4 items, 6 units
+    acts[1, 2] = 0.0  # an all-zero activation scores 0, not NaN
+    refs = [torch.randn(4, 6, generator=gen), torch.randn(4, 6, generator=gen)]
+    refs[1][3] = 0.0
+    refs[0][0] = 2.5 * acts[2, 0]  # same direction: cosine 1 whatever the scale
+    out = metrics.cosines(acts, metrics.unit_references(refs))
+    assert out.shape == (4, 3, 2)
+    for p in range(3):
+        for n in range(4):
+            for k in range(2):
+                expected = torch.nn.functional.cosine_similarity(acts[p, n], refs[k][n], dim=0)
+                assert float(out[n, p, k]) == pytest.approx(float(expected), abs=1e-6)
+    assert float(out[0, 2, 0]) == pytest.approx(1.0, abs=1e-6)
+    assert float(out[2, 1, 0]) == 0.0 and float(out[3, 0, 1]) == 0.0
+    units = metrics.unit_references(refs)
+    assert float(metrics.cosines(-refs[0][None], units)[0, 0, 0]) == pytest.approx(-1.0)
+
+
 def test_batched_grid_matches_one_location_at_a_time():
     items, labels = random_items()
     net = flatten_linear_net()

@@ -7,7 +7,8 @@ import torch
 
 from transinv import metrics
 from transinv.config import from_flat
-from transinv.trainer import NonFiniteLossError, eval_steps, run_trial
+from transinv.phases import eval_steps
+from transinv.trainer import NonFiniteLossError, run_trial
 
 TINY = {
     "model.arch": "tiny_cnn",

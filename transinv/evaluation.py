@@ -1,14 +1,18 @@
-"""Running a network over the test grid: accuracy at every canvas centre and per-layer
-activation similarity, batched over centres and items (no loop over single images).
+"""Evaluating a network: running it over the test grid (accuracy at every canvas centre and
+per-layer activation similarity, batched over centres and items, no loop over single images), and
+assembling each phase's evaluation record (`evaluate_pretrain`, `evaluate_finetune`) with the
+values its forgetting curves follow.
 
-The arithmetic on the resulting arrays (summaries, G, forgetting) lives in `metrics.py`.
+The arithmetic on the resulting arrays (summaries, G, forgetting) and every metric key live in
+`metrics.py`; when to evaluate, in `trainer.py`. A new metric: its key and pure function in
+`metrics.py`, its call in an `evaluate_*` here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,6 +27,33 @@ EVAL_PIXELS = 64 * 64 * 64
 slower on 2 CPU cores (benchmarks/bench_eval.py: 512 canvases per pass took 1.8x longer, the
 allocator mapping and unmapping their activations every time); at 224 px the same budget is 5
 canvases, which keeps a VGG's first-block activations small."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation: the phase, the step within it (0 = before its first update), scalar
+    metrics under the keys of `metrics.py`, and arrays for heatmaps ([Gy, Gx] grids)."""
+
+    phase: str
+    step: int
+    metrics: dict[str, float]
+    grids: dict[str, np.ndarray] = field(default_factory=dict)
+    final: bool = False
+    """The last evaluation of its phase."""
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A phase's fixed held-out test items and where they are shown.
+
+    items: [N, k, k]; labels: [N]; centres: [N, 2], where training items of their class go.
+    """
+
+    items: torch.Tensor
+    labels: torch.Tensor
+    centres: torch.Tensor
+    render: Renderer
+    num_classes: int
 
 
 def eval_batch(size: int) -> int:
@@ -195,10 +226,7 @@ def evaluate_grid(
         trained = torch.tensor(grid.trained).repeat(n, 1)
         ref_logits = _forward(net, render(items, trained))
         acc_trained = float((ref_logits.argmax(1) == labels).float().mean())
-        refs = {}
-        for name, a in acts.items():
-            r = torch.nn.functional.normalize(a.float(), dim=1)
-            refs[name] = torch.stack([r, r[unpartner]], dim=2)  # [n, D, 2]
+        refs = {name: metrics.unit_references((a, a[unpartner])) for name, a in acts.items()}
         for start in range(0, len(centres), per_pass):
             chunk = centres[start : start + per_pass]
             p = len(chunk)
@@ -207,10 +235,7 @@ def evaluate_grid(
             hits = (logits.argmax(1) == labels.repeat(p)).float().view(p, n)
             correct[start : start + p] = hits.mean(1)
             for name in layers:
-                a = acts[name].float().view(p, n, -1)
-                norms = torch.linalg.vector_norm(a, dim=2).clamp_min(1e-8)  # [p, n]
-                # One batched matmul over items gives both dot products: [n, p, 2].
-                dots = torch.bmm(a.transpose(0, 1), refs[name]) / norms.T[:, :, None]
+                dots = metrics.cosines(acts[name].view(p, n, -1), refs[name])  # [n, p, 2]
                 i_sum[name][start : start + p] = dots[:, :, 0].mean(0)
                 d_sum[name][start : start + p] = dots[:, :, 1].mean(0)
     return GridResult(
@@ -281,3 +306,94 @@ def positional_consistency(
     _, pred_a = accuracy_at(net, items, dummy, a, render, device=device)
     _, pred_b = accuracy_at(net, items, dummy, b, render, device=device)
     return float((pred_a == pred_b).float().mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# Each phase's evaluation record. Both take the same arguments after their bound ones (see
+# `phases.py`): the net, the head of the previous phase (None if none), the step, the running
+# (loss, train accuracy) since the last evaluation, and whether it is the phase's last.
+
+
+def evaluate_pretrain(
+    net: nn.Module,
+    previous_head: nn.Module | None,
+    step: int,
+    running: tuple[float, float],
+    final: bool,
+    *,
+    held_out: HeldOut,
+    grid: TestGrid,
+    grid_items: int,
+    device: torch.device,
+) -> Evaluation:
+    """Held-out accuracy under the pretraining regime; at the end, also over the test grid."""
+    loss, train_acc = running
+    d = held_out
+    acc, _ = accuracy_at(net, d.items, d.labels, d.centres, d.render, device=device)
+    out = {
+        metrics.PRETRAIN_LOSS: loss,
+        metrics.PRETRAIN_TRAIN_ACC: train_acc,
+        metrics.PRETRAIN_ACC: acc,
+    }
+    grids: dict[str, np.ndarray] = {}
+    if final:
+        # The pretraining set over the finetuning test grid: is the net invariant for its own
+        # classes?
+        items, labels = d.items[:grid_items], d.labels[:grid_items]
+        result = evaluate_grid(net, items, labels, grid, d.render, device=device)
+        out[metrics.PRETRAIN_ACC_WHOLE] = float(result.acc.mean())
+        grids[metrics.PRETRAIN_ACC_GRID] = result.acc
+    return Evaluation("pretrain", step, out, grids, final)
+
+
+def evaluate_finetune(
+    net: nn.Module,
+    previous_head: nn.Module | None,
+    step: int,
+    running: tuple[float, float],
+    final: bool,
+    *,
+    held_out: HeldOut,
+    grid: TestGrid,
+    seed: int,
+    device: torch.device,
+    forgetting: HeldOut | None,
+) -> Evaluation:
+    """Accuracy and invariance over the test grid, positional consistency, and (with a previous
+    phase) accuracy on its task through the current trunk and its head: forgetting."""
+    loss, train_acc = running
+    d = held_out
+    layers = list(net.probe_layers)
+    result = evaluate_grid(net, d.items, d.labels, grid, d.render, layers, device=device)
+    untrained = grid.untrained()
+    out = {metrics.FINETUNE_LOSS: loss, metrics.FINETUNE_TRAIN_ACC: train_acc}
+    chance = 1.0 / d.num_classes
+    out.update(
+        metrics.grid_summary(result.acc, untrained, grid.aligned(), result.acc_trained, chance)
+    )
+    invariance, g_grids = metrics.invariance_summary(result.i_grids, result.d_grids, untrained)
+    out.update(invariance)
+    out[metrics.CONSISTENCY] = positional_consistency(
+        net, d.items, d.render, d.render.size, seed, device
+    )
+    if previous_head is not None and forgetting is not None:
+        f = forgetting
+        out[metrics.FORGETTING_PRETRAIN_ACC], _ = accuracy_at(
+            net, f.items, f.labels, f.centres, f.render, head=previous_head, device=device
+        )
+    grids = {metrics.ACC_GRID: result.acc, **g_grids}
+    return Evaluation("finetune", step, out, grids, final)
+
+
+FORGETTING_CURVES = (metrics.ACC_UNTRAINED, metrics.ACC_TRAINED, metrics.FORGETTING_PRETRAIN_ACC)
+"""Curves whose drop from their peak is summarised at the end, besides G of every layer."""
+
+
+def curve_points(evaluation: Evaluation) -> dict[str, float]:
+    """The values of an evaluation that forgetting summaries follow."""
+    g_prefix = metrics.invariance_key("G", "")
+    return {
+        key: float(value)
+        for key, value in evaluation.metrics.items()
+        if key in FORGETTING_CURVES or key.startswith(g_prefix)
+    }

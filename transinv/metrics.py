@@ -12,7 +12,7 @@ inputs. G = (I - D) / (1 - D): 1 = like identical copies, 0 = like an unrelated 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -77,6 +77,24 @@ def cosine_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Te
     a = torch.nn.functional.normalize(a.float(), dim=1, eps=eps)
     b = torch.nn.functional.normalize(b.float(), dim=1, eps=eps)
     return (a * b).sum(dim=1)
+
+
+def unit_references(refs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """K reference activations per item, [N, D] each, as unit vectors [N, D, K] for `cosines`
+    (normalised once, then compared with the item at every place)."""
+    return torch.stack([torch.nn.functional.normalize(r.float(), dim=1) for r in refs], dim=2)
+
+
+def cosines(acts: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every item's activations at P places with K references of that item
+    (for I and D: itself at the trained centre, its other-class partner there).
+
+    acts: [P, N, D] (item n at place p); units: [N, D, K] from `unit_references` -> [N, P, K].
+    All-zero vectors score 0. One batched matmul over items gives all K dot products at once.
+    """
+    acts = acts.float()
+    norms = torch.linalg.vector_norm(acts, dim=2).clamp_min(1e-8)  # [P, N]
+    return torch.bmm(acts.transpose(0, 1), units) / norms.T[:, :, None]
 
 
 def g_score(i: np.ndarray | float, d: np.ndarray | float) -> np.ndarray | float:

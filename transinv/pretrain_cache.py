@@ -73,7 +73,7 @@ class Pretrained:
     rng: torch.Tensor
     """Torch's global random state right after pretraining."""
     evaluations: list[Any]
-    """The pretraining's `trainer.Evaluation` records, in order."""
+    """The pretraining's `evaluation.Evaluation` records, in order."""
 
 
 class PretrainCache:
