@@ -69,29 +69,29 @@ def define_by_run(spec: StudySpec) -> Callable[[optuna.Trial], dict | None]:
     return DefineByRun(spec.fixed, tuple(spec.space.values()))
 
 
-def constraints_from_user_attrs(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """Constraint violations the tuner stored on the trial (<= 0 is feasible; none: feasible)."""
-    return list(trial.user_attrs.get("constraints", [0.0]))
-
-
 def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler the spec names, seeded, with constraints read from user attrs."""
+    """The Optuna sampler the spec names, seeded, with its start-up and TPE options.
+
+    Constraints do not go through the samplers' `constraints_func` (deprecated in Optuna 5.0):
+    `ConstrainedOptunaSearch` sets them on each trial with `Trial.set_constraint`, and every
+    constrained sampler (TPE, GP, NSGA-II) reads them from there."""
+    startup = {} if spec.startup is None else {"n_startup_trials": spec.startup}
     with warnings.catch_warnings():
-        # `group` is experimental; `constraints_func` is deprecated in 5.0 (removal in 7.0) in
-        # favour of Trial.set_constraint, which Ray's OptunaSearch gives no hook for.
+        # `group` is experimental; it splits TPE's joint model by co-occurring (conditional) keys.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message=".*constraints_func.*", category=FutureWarning)
         if spec.sampler == "tpe":
             return optuna.samplers.TPESampler(
                 seed=spec.seed,
-                multivariate=True,
-                group=True,
-                constraints_func=constraints_from_user_attrs,
+                multivariate=spec.multivariate,
+                group=spec.multivariate,
+                constant_liar=spec.constant_liar,
+                **startup,
             )
         if spec.sampler == "gp":
-            return optuna.samplers.GPSampler(
-                seed=spec.seed, constraints_func=constraints_from_user_attrs
-            )
+            return optuna.samplers.GPSampler(seed=spec.seed, **startup)
+        if spec.sampler == "nsga2":
+            population = {} if spec.startup is None else {"population_size": spec.startup}
+            return optuna.samplers.NSGAIISampler(seed=spec.seed, **population)
         if spec.sampler == "random":
             return optuna.samplers.RandomSampler(seed=spec.seed)
     raise ConfigError(
@@ -110,9 +110,10 @@ def grid_param_space(spec: StudySpec) -> dict[str, Any]:
 
 
 class ConstrainedOptunaSearch(OptunaSearch):
-    """OptunaSearch that hands the study's constraints to Optuna: before a trial is told, its
-    violations go into the trial's user attributes, which the samplers' `constraints_func`
-    reads (see `constraints_from_user_attrs`)."""
+    """OptunaSearch that hands the study's constraints to Optuna: before a trial is told, each
+    constraint's violation is set on it with `Trial.set_constraint` (named by the constraint's
+    text), which the samplers read. A trial missing an objective, or with a NaN one, is a
+    failed trial to Optuna, not a value (Optuna refuses NaN and would leave it RUNNING)."""
 
     def __init__(self, *args: Any, constraints: tuple = (), **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -121,12 +122,12 @@ class ConstrainedOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         trial = self._ot_trials.get(trial_id)
         if trial is not None and result and self._constraints:
-            violations = [min(c.violation(result), 1e9) for c in self._constraints]
-            trial.set_user_attr("constraints", violations)
-        value = (result or {}).get(self.metric)
-        if result and isinstance(value, float) and math.isnan(value):
-            result = None  # a NaN objective is a failed trial to Optuna, not a value
-            error = True
+            for c in self._constraints:
+                trial.set_constraint(str(c), min(c.violation(result), 1e9))
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        values = [(result or {}).get(m) for m in metrics]
+        if result and not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+            result, error = None, True
         super().on_trial_complete(trial_id, result, error)
 
 
@@ -147,7 +148,7 @@ class SeedRepeater(Repeater):
             if isinstance(v, int | float) and not isinstance(v, bool)
         }
         self._group_results.setdefault(group.primary_trial_id, []).append(numeric)
-        group.report(trial_id, numeric.get(self.searcher.metric, math.nan))
+        group.report(trial_id, numeric.get(objective_metrics(self.searcher)[0], math.nan))
         if group.finished_reporting():
             rows = self._group_results.pop(group.primary_trial_id)
             mean = {}
@@ -157,22 +158,30 @@ class SeedRepeater(Repeater):
             self.searcher.on_trial_complete(group.primary_trial_id, result=mean, **kwargs)
 
 
+def objective_metrics(searcher: OptunaSearch) -> list[str]:
+    """The searcher's objective metrics, one or several."""
+    metric = searcher.metric
+    return list(metric) if isinstance(metric, list) else [metric]
+
+
 def optuna_study(searcher: OptunaSearch | SeedRepeater):
     """The Optuna study inside Ray's searcher (a private attribute: read here only)."""
     return getattr(searcher, "searcher", searcher)._ot_study
 
 
 def build_search(spec: StudySpec) -> OptunaSearch | SeedRepeater | None:
-    """Optuna for tpe/gp/random (each suggestion repeated over `repeat` seeds); None for grid
-    (Tune's own grid_search, no searcher)."""
+    """Optuna for tpe/gp/nsga2/random (each suggestion repeated over `repeat` seeds); None for
+    grid (Tune's own grid_search, no searcher). Several objectives become Optuna's directions."""
     if spec.sampler == "grid":
         return None
     # metric and mode go to the searcher itself: with a define-by-run space, Tune does not pass
     # TuneConfig's down through its concurrency limiter.
+    metrics, modes = zip(*(spec.objectives or [(spec.objective, spec.mode)]), strict=True)
+    several = len(metrics) > 1
     search = ConstrainedOptunaSearch(
         space=define_by_run(spec),
-        metric=spec.objective,
-        mode=spec.mode,
+        metric=list(metrics) if several else metrics[0],
+        mode=list(modes) if several else modes[0],
         sampler=build_sampler(spec),
         constraints=spec.constraints,
     )
@@ -181,9 +190,22 @@ def build_search(spec: StudySpec) -> OptunaSearch | SeedRepeater | None:
 
 def build_scheduler(spec: StudySpec):
     """FIFO by default, so every trial yields a full forgetting curve; ASHA on our finetuning
-    step when asked."""
+    step when asked, on the first objective."""
     if spec.scheduler != "asha":
         return FIFOScheduler()
     asha = dict(spec.asha)
-    max_t = asha.pop("max_t", None) or spec.fixed.get("finetune.steps", 1000)
+    max_t = asha.pop("max_t", None) or finetune_horizon(spec)
     return ASHAScheduler(time_attr=PHASE_STEP, max_t=max_t, **asha)
+
+
+def finetune_horizon(spec: StudySpec) -> int:
+    """The most finetuning steps any trial of the spec runs: its fixed value, else the largest
+    the space can suggest, else the config default. ASHA's rungs need one horizon for all
+    trials; a trial with fewer steps ends on its own before the later rungs."""
+    key = "finetune.steps"
+    if key in spec.fixed:
+        return int(spec.fixed[key])
+    domain = spec.space.get(key)
+    if domain is not None:
+        return int(max(domain.candidates()))
+    return int(cfg.TrialConfig().finetune.steps)

@@ -1,9 +1,10 @@
 """Study files: the YAML schema of a search space, its validation, and each trial's config.
 
-`load_space` reads and checks a whole study file (objective, constraints, sampler, resources,
-fixed keys, domains and their conditions) before anything expensive starts, and returns a frozen
-`StudySpec`; `trial_config` turns a spec and a trial's sampled values into its `TrialConfig`.
-Keys are the flat dotted keys of `transinv.config`, unchanged end to end.
+`load_space` reads and checks a whole study file (objective or objectives, constraints, sampler
+and its options, resources, fixed keys, domains and their conditions) before anything expensive
+starts, and returns a frozen `StudySpec`; `trial_config` turns a spec and a trial's sampled
+values into its `TrialConfig`. Keys are the flat dotted keys of `transinv.config`, unchanged
+end to end.
 
 Reading the YAML and checking one `space` entry (with the checker whose errors name the file,
 the YAML path and the choices) is `study/study_file.py`. What Optuna and Ray make of a spec
@@ -32,6 +33,7 @@ from transinv.constraints import METRIC_PATTERN, Constraint
 TOP_KEYS = (
     "study",
     "objective",
+    "objectives",
     "constraints",
     "search",
     "samples",
@@ -47,7 +49,11 @@ TOP_KEYS = (
     "space",
 )
 MODES = ("max", "min")
-SAMPLERS = ("tpe", "gp", "random", "grid")
+SAMPLERS = ("tpe", "gp", "nsga2", "random", "grid")
+SEARCH_KEYS = ("sampler", "seed", "startup", "multivariate", "constant_liar")
+STARTUP_SAMPLERS = ("tpe", "gp", "nsga2")
+"""Samplers with a random start: `startup` is n_startup_trials (tpe, gp), population_size
+(nsga2: its first generation is random)."""
 SCHEDULERS = ("fifo", "asha")
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
 METRIC_RE = re.compile(rf"^{METRIC_PATTERN}$")
@@ -124,6 +130,19 @@ class StudySpec:
     with seeds 0..repeat-1 and the searcher is told their mean."""
     pretrain_cache: bool = True
     """Trials share identical pretrainings through `<storage>/pretrain_cache`."""
+    objectives: tuple[tuple[str, str], ...] = ()
+    """Every (metric, mode) the study optimizes, in file order; `objective`/`mode` are the
+    first. One entry for `objective:`, several for `objectives:` (a multi-objective study)."""
+    startup: int | None = None
+    """Suggestions drawn at random before the sampler models (None: Optuna's default)."""
+    multivariate: bool = True
+    """TPE models the parameters jointly (and groups conditional ones)."""
+    constant_liar: bool = True
+    """TPE treats running trials as bad, so parallel trials spread out."""
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,127 +150,198 @@ class StudySpec:
 
 
 def load_space(path: str | Path) -> StudySpec:
-    """Read and validate a study file; ConfigError names the file, the YAML path and the choices."""
+    """Read and validate a study file; one ConfigError lists every problem in it, each naming
+    the file, the YAML path and the choices."""
     path = Path(path)
     f = StudyFile(path)
     raw = read_yaml(path, TOP_KEYS)
-    f.mapping(raw, "", TOP_KEYS)
-    for key in ("study", "objective"):
-        f.check(key in raw, key, f"missing {key!r}", "required keys: study, objective")
-
-    name = raw["study"]
-    ok = isinstance(name, str) and NAME_RE.match(name)
-    f.check(ok, "study", f"bad study name {name!r}", "use lower case letters, digits, _ and -")
-
-    objective = f.mapping(raw["objective"], "objective", ("metric", "mode"))
-    for key in ("metric", "mode"):
-        f.check(key in objective, f"objective.{key}", "missing", "objective needs metric and mode")
-    metric = objective["metric"]
-    ok = isinstance(metric, str) and METRIC_RE.match(metric)
-    f.check(ok, "objective.metric", f"bad metric {metric!r}", "expected group/quantity[/layer]")
-    mode = f.one_of(objective["mode"], "objective.mode", MODES)
+    # Each `with f.entry()` block checks one entry: a problem is noted, the defaults set before
+    # it stand in for the entry, and checking goes on; all problems are raised together below.
+    raw = {**f.mapping(raw, "", TOP_KEYS)}
+    name, objectives = "", [("", "max")]
+    with f.entry():
+        f.check("study" in raw, "study", "missing 'study'", "required keys: study, objective")
+        name = raw["study"]
+        ok = isinstance(name, str) and NAME_RE.match(name)
+        hint = "use lower case letters, digits, _ and -"
+        f.check(ok, "study", f"bad study name {name!r}", hint)
+    with f.entry():
+        given = [k for k in ("objective", "objectives") if k in raw]
+        f.check(
+            len(given) == 1,
+            "objective",
+            "missing 'objective'" if not given else "both objective and objectives",
+            "required keys: study, objective (or objectives: a list of them)",
+        )
+        if "objective" in raw:
+            objectives = [_objective(f, raw["objective"], "objective")]
+        else:
+            listed = raw["objectives"]
+            ok = isinstance(listed, list) and len(listed) >= 2
+            hint = "a list of two or more {metric: M, mode: max|min}; one is `objective:`"
+            f.check(ok, "objectives", f"bad objectives {listed!r}", hint)
+            objectives = [_objective(f, o, f"objectives[{i}]") for i, o in enumerate(listed)]
+            metrics = [m for m, _ in objectives]
+            f.check(len(set(metrics)) == len(metrics), "objectives", "a metric listed twice")
+    metric, mode = objectives[0]
 
     listed = raw.get("constraints") or []
-    f.check(
-        isinstance(listed, list), "constraints", f"bad constraints {listed!r}", "expected a list"
-    )
-    constraints = tuple(
-        Constraint.parse(c, f.source(f"constraints[{i}]")) for i, c in enumerate(listed)
-    )
+    constraints: list[Constraint] = []
+    with f.entry():
+        ok = isinstance(listed, list)
+        f.check(ok, "constraints", f"bad constraints {listed!r}", "expected a list")
+        for i, c in enumerate(listed):
+            with f.entry():
+                constraints.append(Constraint.parse(c, f.source(f"constraints[{i}]")))
 
-    search = f.mapping(raw.get("search"), "search", ("sampler", "seed"))
-    sampler = f.one_of(search.get("sampler", "tpe"), "search.sampler", SAMPLERS)
-    seed = f.integer(search.get("seed", 0), "search.seed", 0)
-    f.check(
-        "samples" in raw or sampler == "grid",
-        "samples",
-        "missing number of trials",
-        f"required with search.sampler: {sampler}",
-    )
-    samples = f.integer(raw.get("samples", 1), "samples", 1)
-    max_concurrent = f.integer(raw.get("max_concurrent", 1), "max_concurrent", 1)
-
-    resources = f.mapping(raw.get("resources"), "resources", ("cpu", "gpu"))
-    cpu = f.number(resources.get("cpu", 1), "resources.cpu", 0.0, strict=True)
-    gpu = f.number(resources.get("gpu", 0), "resources.gpu", 0.0)
-
-    scheduler = f.one_of(raw.get("scheduler", "fifo"), "scheduler", SCHEDULERS)
-    asha: dict[str, Any] = {}
-    ok = "asha" not in raw or scheduler == "asha"
-    f.check(ok, "asha", f"asha settings with scheduler {scheduler}", "set scheduler: asha")
-    if scheduler == "asha":
-        given = f.mapping(raw.get("asha"), "asha", ("grace_period", "reduction_factor", "max_t"))
-        f.check("grace_period" in given, "asha.grace_period", "missing", "finetune steps")
-        asha["grace_period"] = f.integer(given["grace_period"], "asha.grace_period", 1)
-        asha["reduction_factor"] = f.number(
-            given.get("reduction_factor", 2), "asha.reduction_factor", 1.0, strict=True
+    sampler, seed, startup = "tpe", 0, None
+    tpe_options: dict[str, bool] = {}
+    with f.entry():
+        search = f.mapping(raw.get("search"), "search", SEARCH_KEYS)
+        with f.entry():
+            sampler = f.one_of(search.get("sampler", "tpe"), "search.sampler", SAMPLERS)
+        with f.entry():
+            seed = f.integer(search.get("seed", 0), "search.seed", 0)
+        with f.entry():
+            if "startup" in search:
+                ok = sampler in STARTUP_SAMPLERS
+                hint = f"only with sampler {', '.join(STARTUP_SAMPLERS)}"
+                f.check(ok, "search.startup", f"startup with sampler {sampler}", hint)
+                startup = f.integer(search["startup"], "search.startup", 1)
+        for option in ("multivariate", "constant_liar"):
+            with f.entry():
+                if option in search:
+                    at = f"search.{option}"
+                    f.check(sampler == "tpe", at, f"{option} with sampler {sampler}", "tpe only")
+                    value = search[option]
+                    f.check(isinstance(value, bool), at, f"bad value {value!r}", "true or false")
+                    tpe_options[option] = value
+    samples = max_concurrent = 1
+    with f.entry():
+        f.check(
+            "samples" in raw or sampler == "grid",
+            "samples",
+            "missing number of trials",
+            f"required with search.sampler: {sampler}",
         )
-        if "max_t" in given:
-            asha["max_t"] = f.integer(given["max_t"], "asha.max_t", asha["grace_period"])
+        samples = f.integer(raw.get("samples", 1), "samples", 1)
+    with f.entry():
+        max_concurrent = f.integer(raw.get("max_concurrent", 1), "max_concurrent", 1)
+
+    cpu, gpu = 1.0, 0.0
+    with f.entry():
+        resources = f.mapping(raw.get("resources"), "resources", ("cpu", "gpu"))
+        with f.entry():
+            cpu = f.number(resources.get("cpu", 1), "resources.cpu", 0.0, strict=True)
+        gpu = f.number(resources.get("gpu", 0), "resources.gpu", 0.0)
+
+    scheduler = "fifo"
+    asha: dict[str, Any] = {}
+    with f.entry():
+        scheduler = f.one_of(raw.get("scheduler", "fifo"), "scheduler", SCHEDULERS)
+    with f.entry():
+        ok = "asha" not in raw or scheduler == "asha"
+        f.check(ok, "asha", f"asha settings with scheduler {scheduler}", "set scheduler: asha")
+        if scheduler == "asha":
+            given = f.mapping(
+                raw.get("asha"), "asha", ("grace_period", "reduction_factor", "max_t")
+            )
+            f.check("grace_period" in given, "asha.grace_period", "missing", "finetune steps")
+            asha["grace_period"] = f.integer(given["grace_period"], "asha.grace_period", 1)
+            asha["reduction_factor"] = f.number(
+                given.get("reduction_factor", 2), "asha.reduction_factor", 1.0, strict=True
+            )
+            if "max_t" in given:
+                asha["max_t"] = f.integer(given["max_t"], "asha.max_t", asha["grace_period"])
 
     fixed_raw = raw.get("fixed") or {}
-    f.check(isinstance(fixed_raw, dict), "fixed", f"bad fixed {fixed_raw!r}", "{key: value}")
     fixed: dict[str, Any] = {}
-    # A base file's keys are defaults: the study's own fixed keys and its space override them.
-    space_keys = set(raw.get("space") or {}) if isinstance(raw.get("space"), dict) else set()
-    sources = [
-        (StudyFile(b), {k: v for k, v in b_fixed.items() if k not in space_keys})
-        for b, b_fixed in base_fixed(f, raw.get("base"))
-    ]
-    for owner, entries in [*sources, (f, fixed_raw)]:
-        for key, value in entries.items():
-            owner.config_key(key, f"fixed.{key}")
-            fixed[key] = cfg.parse_value(key, value, owner.source(f"fixed.{key}"))
-            owner.name_in_registry(key, fixed[key], f"fixed.{key}")
-    if sources:
-        # The digest covers what the study runs, so editing the base file changes it too.
-        raw = {**raw, "fixed": {k: cfg.format_value(v) for k, v in fixed.items()}}
+    broken: set[str] = set()  # keys whose entries have problems
+    with f.entry():
+        f.check(isinstance(fixed_raw, dict), "fixed", f"bad fixed {fixed_raw!r}", "{key: value}")
+        # A base file's keys are defaults: the study's own fixed keys and its space override
+        # them.
+        space_keys = set(raw["space"]) if isinstance(raw.get("space"), dict) else set()
+        sources: list[tuple[StudyFile, dict[str, Any]]] = []
+        with f.entry():
+            sources = [
+                (f.other(b), {k: v for k, v in b_fixed.items() if k not in space_keys})
+                for b, b_fixed in base_fixed(f, raw.get("base"))
+            ]
+        for owner, entries in [*sources, (f, fixed_raw)]:
+            for key, value in entries.items():
+                broken.add(key)
+                with owner.entry():
+                    owner.config_key(key, f"fixed.{key}")
+                    fixed[key] = cfg.parse_value(key, value, owner.source(f"fixed.{key}"))
+                    owner.name_in_registry(key, fixed[key], f"fixed.{key}")
+                    broken.discard(key)
+        if sources:
+            # The digest covers what the study runs, so editing the base file changes it too.
+            raw = {**raw, "fixed": {k: cfg.format_value(v) for k, v in fixed.items()}}
 
     report = raw.get("report") or []
-    f.check(isinstance(report, list), "report", f"bad report {report!r}", "a list of analyses")
-    from transinv.analyses import ANALYSES
+    with f.entry():
+        ok = isinstance(report, list)
+        f.check(ok, "report", f"bad report {report!r}", "a list of analyses")
+        from transinv.analyses import ANALYSES
 
-    for i, analysis in enumerate(report):
-        f.one_of(analysis, f"report[{i}]", tuple(ANALYSES))
-    repeat = f.integer(raw.get("repeat", 1), "repeat", 1)
-    if repeat > 1:
-        f.check(sampler != "grid", "repeat", "repeat with search.sampler grid", "grid seed instead")
+        for i, analysis in enumerate(report):
+            with f.entry():
+                f.one_of(analysis, f"report[{i}]", tuple(ANALYSES))
+    repeat = 1
+    with f.entry():
+        repeat = f.integer(raw.get("repeat", 1), "repeat", 1)
+        if repeat > 1:
+            hint = "grid seed instead"
+            f.check(sampler != "grid", "repeat", "repeat with search.sampler grid", hint)
+            f.check(
+                samples % repeat == 0,
+                "samples",
+                f"samples {samples} is not a multiple of repeat {repeat}",
+                "samples counts trials: suggestions x repeat",
+            )
+    with f.entry():
         f.check(
-            samples % repeat == 0,
-            "samples",
-            f"samples {samples} is not a multiple of repeat {repeat}",
-            "samples counts trials: suggestions x repeat",
-        )
-    f.check(
-        "seed" not in fixed or repeat == 1, "fixed.seed", "seed fixed with repeat",
-        "repeat sets the seeds 0..repeat-1 itself",
-    )  # fmt: skip
+            "seed" not in fixed or repeat == 1, "fixed.seed", "seed fixed with repeat",
+            "repeat sets the seeds 0..repeat-1 itself",
+        )  # fmt: skip
     pretrain_cache = raw.get("pretrain_cache", True)
-    f.check(
-        isinstance(pretrain_cache, bool), "pretrain_cache", f"bad value {pretrain_cache!r}",
-        "true or false",
-    )  # fmt: skip
+    with f.entry():
+        f.check(
+            isinstance(pretrain_cache, bool), "pretrain_cache", f"bad value {pretrain_cache!r}",
+            "true or false",
+        )  # fmt: skip
 
     space_raw = raw.get("space") or {}
-    f.check(isinstance(space_raw, dict), "space", f"bad space {space_raw!r}", "{key: domain}")
     space: dict[str, Domain] = {}
-    keys = tuple(space_raw)
-    for i, (key, domain) in enumerate(space_raw.items()):
-        f.config_key(key, f"space.{key}")
-        f.check(key not in fixed, f"space.{key}", f"{key!r} is both fixed and in space", "keep one")
+    with f.entry():
+        f.check(isinstance(space_raw, dict), "space", f"bad space {space_raw!r}", "{key: domain}")
+        keys = tuple(space_raw)
+        for i, (key, domain) in enumerate(space_raw.items()):
+            broken.add(key)
+            with f.entry():
+                f.config_key(key, f"space.{key}")
+                hint = "keep one"
+                f.check(
+                    key not in fixed, f"space.{key}", f"{key!r} is both fixed and in space", hint
+                )
+                f.check(
+                    key != "seed" or repeat == 1,
+                    "space.seed",
+                    "seed in space with repeat",
+                    "repeat sets the seeds 0..repeat-1 itself",
+                )
+                fields_ = domain_fields(f, key, domain, sampler, space, fixed, keys[i:], broken)
+                space[key] = Domain(**fields_)
+                broken.discard(key)
         f.check(
-            key != "seed" or repeat == 1,
-            "space.seed",
-            "seed in space with repeat",
-            "repeat sets the seeds 0..repeat-1 itself",
+            space or broken or sampler == "grid",
+            "space",
+            f"empty space with search.sampler: {sampler}",
+            "to repeat a fixed config use sampler: grid with samples: N",
         )
-        space[key] = Domain(**domain_fields(f, key, domain, sampler, space, fixed, keys[i:]))
-    f.check(
-        space or sampler == "grid",
-        "space",
-        f"empty space with search.sampler: {sampler}",
-        "to repeat a fixed config use sampler: grid with samples: N",
-    )
+    f.raise_problems()
 
     spec = StudySpec(
         name=name,
@@ -259,7 +349,7 @@ def load_space(path: str | Path) -> StudySpec:
         digest=digest(raw),
         objective=metric,
         mode=mode,
-        constraints=constraints,
+        constraints=tuple(constraints),
         sampler=sampler,
         seed=seed,
         samples=samples,
@@ -274,9 +364,23 @@ def load_space(path: str | Path) -> StudySpec:
         report=tuple(report),
         repeat=repeat,
         pretrain_cache=pretrain_cache,
+        objectives=tuple(objectives),
+        startup=startup,
+        **tpe_options,
     )
     _sanity_build(spec, f)
     return spec
+
+
+def _objective(f: StudyFile, value: Any, where: str) -> tuple[str, str]:
+    """One `{metric: M, mode: max|min}` entry as (metric, mode)."""
+    objective = f.mapping(value, where, ("metric", "mode"))
+    for key in ("metric", "mode"):
+        f.check(key in objective, f"{where}.{key}", "missing", f"{where} needs metric and mode")
+    metric = objective["metric"]
+    ok = isinstance(metric, str) and METRIC_RE.match(metric)
+    f.check(ok, f"{where}.metric", f"bad metric {metric!r}", "expected group/quantity[/layer]")
+    return metric, f.one_of(objective["mode"], f"{where}.mode", MODES)
 
 
 def _sanity_build(spec: StudySpec, f: StudyFile) -> None:

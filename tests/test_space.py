@@ -14,7 +14,6 @@ import yaml
 from study.search import (
     DefineByRun,
     build_sampler,
-    constraints_from_user_attrs,
     define_by_run,
     grid_param_space,
 )
@@ -107,7 +106,9 @@ CASES = {
     "bad_mode": (changed(objective__mode="maximize"), ["objective.mode", "max, min"]),
     "bad_metric": (changed(objective__metric="accuracy"), ["objective.metric", "group/quantity"]),
     "bad_constraint": (changed(constraints=["finetune/acc = 1"]), ["constraints[0]", ">=, <="]),
-    "bad_sampler": (changed(search__sampler="cmaes"), ["search.sampler", "tpe, gp, random, grid"]),
+    "bad_sampler": (
+        changed(search__sampler="cmaes"), ["search.sampler", "tpe, gp, nsga2, random, grid"]
+    ),
     "bad_scheduler": (changed(scheduler="pbt"), ["scheduler", "fifo, asha"]),
     "asha_without_asha": (changed(asha={"grace_period": 10}), ["asha", "scheduler: asha"]),
     "zero_samples": (changed(samples=0), ["samples", ">= 1"]),
@@ -262,7 +263,7 @@ def test_define_by_run_pickles_and_suggests_only_active_keys_inside_domains(tmp_
         assert params["finetune.freeze"] in ("none", "all_but_head")
         assert active_params(spec, params) == params
         trial_config(spec, params)
-        trial.set_user_attr("constraints", [0.0 if i % 2 else 1.0])
+        trial.set_constraint("c", 0.0 if i % 2 else 1.0)
         study.tell(trial, params["optim.lr"] * 100)
     assert seen == {"none", "glyphs"}
 
@@ -428,10 +429,10 @@ def test_constrained_tpe_best_trial_is_the_best_feasible_one(tmp_path):
     for value, violation in ((0.9, 0.3), (0.5, 0.0), (0.3, 0.0)):
         trial = study.ask()
         define_by_run(spec)(trial)
-        trial.set_user_attr("constraints", [violation])
+        trial.set_constraint("finetune/acc_trained >= 0.5", violation)
         study.tell(trial, value)
     assert study.best_trial.value == 0.5
-    assert constraints_from_user_attrs(study.trials[0]) == [0.3]
+    assert study.trials[0].constraints == {"finetune/acc_trained >= 0.5": 0.3}
 
 
 def test_asha_settings_and_resources_are_read(tmp_path):
