@@ -11,7 +11,8 @@ import difflib
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,37 @@ _DOMAIN_OPTIONS = {"int": ("step", "log")}
 
 
 class StudyFile:
-    """Error helper: messages read `<what> in <file>: <yaml.path>; <what would be valid>`."""
+    """Error helper: messages read `<what> in <file>: <yaml.path>; <what would be valid>`.
 
-    def __init__(self, path: Path) -> None:
+    Problems are collected, not raised one at a time: each entry is checked inside `entry()`,
+    which notes its ConfigError and goes on, and `raise_problems()` raises them all as one
+    ConfigError, so a user fixes a file in one pass. Checkers of the files a study file names
+    (`base:`) share its list through `other()`.
+    """
+
+    def __init__(self, path: Path, problems: list[str] | None = None) -> None:
         self.path = path
+        self.problems: list[str] = [] if problems is None else problems
+
+    def other(self, path: Path) -> StudyFile:
+        """A checker for another file whose problems are reported with this one's."""
+        return StudyFile(path, self.problems)
+
+    @contextmanager
+    def entry(self) -> Iterator[None]:
+        """Check one entry: its first problem is noted and checking goes on after the block."""
+        try:
+            yield
+        except ConfigError as exc:
+            self.problems.append(str(exc))
+
+    def raise_problems(self) -> None:
+        """One ConfigError listing every problem noted, each naming its file and entry."""
+        if len(self.problems) == 1:
+            raise ConfigError(self.problems[0])
+        if self.problems:
+            listed = "\n".join(f"  - {p}" for p in self.problems)
+            raise ConfigError(f"{len(self.problems)} problems in {self.path}:\n{listed}")
 
     def source(self, where: str) -> str:
         return f"{self.path}: {where}"
@@ -39,14 +67,18 @@ class StudyFile:
             raise ConfigError(f"{what} in {self.path}: {where}" + (f"; {hint}" if hint else ""))
 
     def mapping(self, value: Any, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        """`value` as a mapping of `allowed` keys; each unknown key is noted as a problem (with
+        the closest allowed key) and left out, so the known ones are still checked."""
         if value is None:
             return {}
         keys = f"keys: {', '.join(allowed)}"
         self.check(isinstance(value, dict), where, f"expected a mapping, got {value!r}", keys)
         for key in value:
-            at = f"{where}.{key}" if where else str(key)
-            self.check(key in allowed, at, f"unknown key {key!r}", f"valid {keys}")
-        return value
+            if key not in allowed:
+                at = f"{where}.{key}" if where else str(key)
+                with self.entry():
+                    self.check(False, at, unknown_key(key, allowed), f"valid {keys}")
+        return {k: v for k, v in value.items() if k in allowed}
 
     def one_of(self, value: Any, where: str, choices: tuple[str, ...]) -> str:
         self.check(value in choices, where, f"unknown value {value!r}", choose(choices))
@@ -65,8 +97,7 @@ class StudyFile:
         return float(value)
 
     def config_key(self, key: Any, where: str) -> str:
-        close = difflib.get_close_matches(str(key), cfg.KEY_TYPES, n=1)
-        what = f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        what = unknown_key(key, cfg.KEY_TYPES)
         self.check(key in cfg.KEY_TYPES, where, what, f"valid keys: {', '.join(cfg.KEY_TYPES)}")
         return key
 
@@ -77,6 +108,11 @@ class StudyFile:
         if choices is not None:
             kind = cfg.choice_kind(key)
             self.check(value in choices, where, f"unknown {kind} {value!r}", choose(choices))
+
+
+def unknown_key(key: Any, allowed: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(key), list(allowed), n=1)
+    return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 def choose(choices: Iterable[Any]) -> str:
@@ -121,9 +157,9 @@ def base_fixed(f: StudyFile, base: Any) -> list[tuple[Path, dict[str, Any]]]:
     path = (f.path.parent / base).resolve()
     f.check(path.is_file(), "base", f"base file {base!r} not found", f"looked for {path}")
     raw = read_yaml(path, ("fixed",))
-    StudyFile(path).mapping(raw, "", ("fixed",))
+    f.other(path).mapping(raw, "", ("fixed",))
     fixed = raw.get("fixed") or {}
-    StudyFile(path).check(isinstance(fixed, dict), "fixed", f"bad fixed {fixed!r}", "{key: value}")
+    f.other(path).check(isinstance(fixed, dict), "fixed", f"bad fixed {fixed!r}", "{key: value}")
     return [(path, fixed)]
 
 
@@ -135,9 +171,11 @@ def domain_fields(
     space: Mapping[str, Any],
     fixed: dict[str, Any],
     later_keys: tuple[str, ...],
+    broken: Collection[str] = (),
 ) -> dict[str, Any]:
     """One space entry as the fields of a `space.Domain`; `space` holds the domains before it,
-    `later_keys` the keys after it."""
+    `later_keys` the keys after it, `broken` the keys whose own entries have problems (a
+    condition naming one is not checked further: its problem is reported already)."""
     where = f"space.{key}"
     kinds = [k for k in spec if k in DOMAIN_KINDS] if isinstance(spec, dict) else []
     f.check(
@@ -210,6 +248,8 @@ def domain_fields(
         f.check(ok, f"{where}.{cond}", f"bad {cond} {entries!r}", "{other.key: value or [values]}")
         parsed: dict[str, tuple[Any, ...]] = {}
         for other, listed in entries.items():
+            if other in broken:
+                continue
             at = f"{where}.{cond}.{other}"
             later = " (it comes later in space: move it above)" if other in later_keys else ""
             f.check(

@@ -471,3 +471,31 @@ def test_report_repeat_and_cache_settings_load(tmp_path):
     assert (spec.repeat, spec.pretrain_cache) == (2, False)
     defaults = load_space(write(tmp_path, BASE))
     assert (defaults.report, defaults.repeat, defaults.pretrain_cache) == ((), 1, True)
+
+
+def test_every_problem_in_a_study_file_is_reported_at_once(tmp_path):
+    """A typo'd top-level key, an unknown architecture and an empty range: one error lists all
+    three, each with the file and its entry, and the typo gets a did-you-mean."""
+    study = changed(
+        sampels=4,
+        fixed__model_DOT_arch="vgg17",
+        space__pretrain_DOT_translation={"uniform": [1.0, 0.0]},
+    )
+    path = write(tmp_path, study, "three.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_space(path)
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"3 problems in {path}:"
+    assert len(lines) == 4 and all(str(path) in line for line in lines)
+    assert "unknown key 'sampels' (did you mean 'samples'?)" in lines[1]
+    assert "unknown architecture 'vgg17'" in lines[2] and "fixed.model.arch" in lines[2]
+    assert "empty range [1.0, 0.0]" in lines[3] and "space.pretrain.translation" in lines[3]
+
+
+def test_a_broken_entry_does_not_cascade_into_conditions_that_name_it(tmp_path):
+    study = changed(space__pretrain_DOT_dataset={"choice": []})
+    with pytest.raises(ConfigError) as info:
+        load_space(write(tmp_path, study))
+    message = str(info.value)
+    assert "space.pretrain.dataset" in message and "empty range" in message
+    assert "problems" not in message  # pretrain.translation's `when` on it is not a second one
