@@ -5,6 +5,8 @@ the query language.
     long = curves(runs, ["finetune/acc_untrained"])         # run_id, key, step, value
     best_regimes(runs, "finetune/acc_untrained", by=["pretrain.dataset"])
     summarize(runs, ["pretrain.dataset"], ["finetune/acc_untrained"])  # mean, std, n
+    pareto(runs, [("finetune/acc_untrained", "max"), ("forgetting/pretrain_acc_drop", "min")])
+    importance(runs, "finetune/acc_untrained")              # PED-ANOVA and fANOVA per key
     study_info("smoke")                                     # the study's parent run
     final_grids(runs)                                       # run_id, x, y, acc, G/<layer>
 
@@ -18,11 +20,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
-from transinv.config import KEY_TYPES, ConfigError, parse_value
+from transinv.config import KEY_TYPES, ConfigError, format_value, parse_value
 from transinv.constraints import OPS, Constraint
 from transinv.tracking import ROLE_TRIAL, TAG_TRIAL, Tracker, all_of, check_uri, role_filter
 
@@ -223,3 +226,170 @@ def varying_keys(runs: pd.DataFrame) -> list[str]:
         for c in runs.columns
         if c in KEY_TYPES and c != "seed" and runs[c].astype(str).nunique() > 1
     ]
+
+
+Objective = tuple[str, str]
+"""(metric, mode), mode `max` or `min`: what a study optimizes."""
+
+
+def study_objectives(info: pd.Series) -> list[Objective]:
+    """The (metric, mode) pairs a study optimizes, from its parent run (`study_info`): the
+    `objectives` param (JSON), else the older single `objective` param, `"max metric"`."""
+    if isinstance(info.get("objectives"), str):
+        return [(m, mode) for m, mode in json.loads(info["objectives"])]
+    mode, _, metric = str(info.get("objective", "")).partition(" ")
+    if mode not in ("max", "min") or not metric:
+        raise ConfigError(f"study {info.name!r} names no objective on its parent run")
+    return [(metric, mode)]
+
+
+def _objectives(objectives: Sequence[Objective | Mapping[str, str]]) -> list[Objective]:
+    out = []
+    for o in objectives:
+        metric, mode = (o["metric"], o["mode"]) if isinstance(o, Mapping) else o
+        if mode not in ("max", "min"):
+            raise ConfigError(f"objective {metric!r} has mode {mode!r}; choose max or min")
+        out.append((metric, mode))
+    if not out:
+        raise ConfigError("pareto needs at least one objective (metric, mode)")
+    return out
+
+
+def pareto(
+    runs: pd.DataFrame,
+    objectives: Sequence[Objective | Mapping[str, str]],
+    by: Sequence[str] | None = None,
+    where: Sequence[Constraint | tuple[str, str, float]] = (),
+    status: str | None = "FINISHED",
+    dominated: bool = False,
+) -> pd.DataFrame:
+    """The conditions no other condition beats on every objective at once, from their means
+    over trials (seeds), with the spread.
+
+    objectives: (metric, mode) pairs, e.g. `[("finetune/acc_untrained", "max"),
+    ("forgetting/pretrain_acc_drop", "min")]` (or `{metric, mode}` mappings, as in a study
+    file). by: the config keys that define a condition (default: `varying_keys(runs)`). where:
+    constraints met by a condition's means, as in `best_regimes`. A trial missing any objective
+    is left out. A condition is dominated when another is at least as good on every objective
+    and better on one; conditions with equal means do not dominate each other.
+    Columns: the `by` keys, `n` (trials), `<metric> mean` and `<metric> std` per objective,
+    the mean of each constraint metric; ordered best first on the first objective. With
+    `dominated=True` every condition is kept, with a bool `pareto` column.
+    """
+    objectives = _objectives(objectives)
+    by = list(varying_keys(runs) if by is None else by)
+    where = [Constraint(*c) for c in where]
+    bad = [c for c in where if c.op not in OPS]
+    if bad:
+        raise ConfigError(f"constraints {bad} have an operator other than {', '.join(OPS)}")
+    metrics = [m for m, _ in objectives]
+    frame = _rows(runs, status, [*by, *metrics, *(c.metric for c in where)])
+    frame = frame.dropna(subset=metrics)
+    grouped = frame.groupby(by or (lambda _: 0), dropna=False, sort=True)
+    table = grouped.size().rename("n").to_frame()
+    for metric in metrics:
+        table[f"{metric} mean"] = grouped[metric].mean()
+        table[f"{metric} std"] = grouped[metric].std()
+    for c in where:
+        table[f"{c.metric} mean"] = grouped[c.metric].mean()
+        table = table[c.test(table[f"{c.metric} mean"])]
+    table = table.reset_index(drop=not by)
+    # Maximise everything: a min objective enters negated.
+    signs = [1.0 if mode == "max" else -1.0 for _, mode in objectives]
+    scores = table[[f"{m} mean" for m in metrics]].to_numpy(float).reshape(-1, len(metrics))
+    table["pareto"] = pareto_mask(scores * signs)
+    if not dominated:
+        table = table[table["pareto"]].drop(columns="pareto")
+    first, mode = objectives[0]
+    table = table.sort_values(f"{first} mean", ascending=mode == "min", ignore_index=True)
+    table.attrs["objectives"] = objectives
+    return table
+
+
+def pareto_mask(scores: np.ndarray) -> np.ndarray:
+    """Which rows of `scores` [N, K] (higher is better in every column) no other row dominates:
+    at least as good in every column and better in one."""
+    scores = np.asarray(scores, dtype=float)
+    keep = np.ones(len(scores), dtype=bool)
+    for i, row in enumerate(scores):
+        beats = np.all(scores >= row, axis=1) & np.any(scores > row, axis=1)
+        keep[i] = not beats.any()
+    return keep
+
+
+def importance(
+    runs: pd.DataFrame,
+    metric: str,
+    params: Sequence[str] | None = None,
+    mode: str = "max",
+    status: str | None = "FINISHED",
+    seed: int = 0,
+) -> pd.DataFrame:
+    """How much each config key moves `metric`, by two of optuna.importance's evaluators, for
+    any study (grids included): each run becomes an Optuna trial with its params and value.
+
+    params: the config keys to weigh (default: `varying_keys(runs)`); `seed` is always added
+    as a null reference, since it can only matter by chance: a key scoring no higher than it is
+    indistinguishable from noise at this number of trials. Distributions are inferred from the
+    columns: strings, booleans, points and `seed` are categorical, numbers float or int ranges
+    (log scale for positive ranges over two decades and more).
+    `ped_anova` (PED-ANOVA: which values the best 10% of trials share, for `mode`) and `fanova`
+    (variance explained by a random forest over the whole space) answer different questions and
+    often disagree; both are normalized to sum to 1. Rows: one per key, by fANOVA first.
+    """
+    import optuna
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    if mode not in ("max", "min"):
+        raise ConfigError(f"mode {mode!r} must be max or min")
+    params = list(varying_keys(runs) if params is None else params)
+    params = [*params, *(["seed"] if "seed" not in params else [])]
+    frame = _rows(runs, status, [metric, *params])
+    frame = frame[frame[metric].notna()]
+    if len(frame) < 2:
+        raise ConfigError(f"importance of {metric!r} needs 2 or more finished trials with it")
+    values: dict[str, list] = {}
+    distributions = {}
+    for key in params:
+        column = frame[key]
+        kind = KEY_TYPES.get(key)
+        if key == "seed" or kind not in (int, float) or column.isna().any():
+            column = column.map(lambda v: "-" if v is None or v != v else format_value(v))
+            distributions[key] = CategoricalDistribution(sorted(set(column)))
+            values[key] = list(column)
+            continue
+        low, high = column.min(), column.max()
+        log = bool(low > 0 and high / low >= 100)
+        if kind is int:
+            distributions[key] = IntDistribution(int(low), int(high), log=log)
+            values[key] = [int(v) for v in column]
+        else:
+            distributions[key] = FloatDistribution(float(low), float(high), log=log)
+            values[key] = [float(v) for v in column]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    study.add_trials(
+        [
+            optuna.trial.create_trial(
+                params={k: values[k][i] for k in params},
+                distributions=distributions,
+                value=float(v),
+            )
+            for i, v in enumerate(frame[metric])
+        ]
+    )
+    evaluators = {
+        "ped_anova": optuna.importance.PedAnovaImportanceEvaluator(),
+        "fanova": optuna.importance.FanovaImportanceEvaluator(seed=seed),
+    }
+    table = pd.DataFrame({"param": params})
+    for name, evaluator in evaluators.items():
+        scores = optuna.importance.get_param_importances(study, evaluator=evaluator, params=params)
+        table[name] = [float(scores.get(k, 0.0)) for k in params]
+    table = table.sort_values(["fanova", "ped_anova"], ascending=False, ignore_index=True)
+    table.attrs.update(metric=metric, mode=mode, trials=len(frame))
+    return table

@@ -1,0 +1,99 @@
+"""Pareto fronts and parameter importance: known answers on synthetic run tables, then the
+`best --pareto` and `importance` commands on a real multi-objective study (Ray, MLflow, NSGA-II)
+whose exported Optuna storage gives the front back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from transinv.config import ConfigError
+from transinv.results import importance, pareto, pareto_mask, study_objectives
+
+UP, DOWN = "finetune/acc_untrained", "forgetting/pretrain_acc_drop"
+
+
+def runs(rows: list[tuple], seeds: int = 2, spread: float = 0.0) -> pd.DataFrame:
+    """One run per (condition, seed): rows are (dataset, lr, up, down) condition means; seeds
+    sit at mean +- spread, so the means are exact."""
+    out = []
+    for dataset, lr, up, down in rows:
+        for s in range(seeds):
+            sign = 1 if s % 2 else -1
+            out.append(
+                {"pretrain.dataset": dataset, "finetune.lr": lr, "seed": s, "status": "FINISHED",
+                 UP: up + sign * spread, DOWN: down, "finetune/acc_trained": up + 0.1}
+            )  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def test_pareto_mask_known_answers():
+    scores = np.array([[1, 1], [2, 0], [0, 2], [1, 0], [1, 1], [0.5, 0.5]])
+    # [1,0] is beaten by [1,1] and [2,0]; [0.5,0.5] by [1,1]; the tied [1,1] rows both stay.
+    assert pareto_mask(scores).tolist() == [True, True, True, False, True, False]
+    assert pareto_mask(np.zeros((0, 2))).tolist() == []
+
+
+def test_pareto_drops_dominated_conditions_with_min_and_max_mixed():
+    frame = runs(
+        [
+            ("glyphs", 0.001, 0.8, 0.3),  # front: best transfer
+            ("mnist", 0.001, 0.6, 0.1),  # front: least forgetting
+            ("omniglot", 0.001, 0.6, 0.2),  # dominated by mnist (same up, more forgetting)
+            ("fashion_mnist", 0.001, 0.5, 0.35),  # dominated by both
+            ("glyphs", 0.0001, 0.8, 0.3),  # ties the first: kept too
+        ],
+        spread=0.05,
+    )
+    front = pareto(frame, [(UP, "max"), (DOWN, "min")])
+    assert list(front.columns[:2]) == ["pretrain.dataset", "finetune.lr"]
+    got = {(r["pretrain.dataset"], r["finetune.lr"]) for _, r in front.iterrows()}
+    assert got == {("glyphs", 0.001), ("glyphs", 0.0001), ("mnist", 0.001)}
+    assert front[f"{UP} mean"].tolist() == pytest.approx([0.8, 0.8, 0.6])  # best first
+    assert front[f"{UP} std"].iloc[0] == pytest.approx(0.05 * np.sqrt(2))
+    assert set(front["n"]) == {2}
+    # Flip the second objective's mode: forgetting becomes good, and the front changes.
+    flipped = pareto(frame, [{"metric": UP, "mode": "max"}, {"metric": DOWN, "mode": "max"}])
+    assert set(flipped["pretrain.dataset"]) == {"glyphs", "fashion_mnist"}
+    everything = pareto(frame, [(UP, "max"), (DOWN, "min")], dominated=True)
+    assert len(everything) == 5 and everything["pareto"].sum() == 3
+
+
+def test_pareto_applies_constraints_to_condition_means_and_by():
+    frame = runs([("glyphs", 0.001, 0.8, 0.3), ("mnist", 0.001, 0.6, 0.1)])
+    front = pareto(frame, [(UP, "max"), (DOWN, "min")], where=[("finetune/acc_trained", ">=", 0.8)])
+    assert front["pretrain.dataset"].tolist() == ["glyphs"]
+    assert "finetune/acc_trained mean" in front
+    by_lr = pareto(frame, [(UP, "max"), (DOWN, "min")], by=["finetune.lr"])
+    assert len(by_lr) == 1 and by_lr["n"].iloc[0] == 4
+    with pytest.raises(ConfigError, match="max or min"):
+        pareto(frame, [(UP, "up")])
+
+
+def test_study_objectives_read_from_the_parent_run_params():
+    several = pd.Series({"objectives": '[["a/b", "max"], ["c/d", "min"]]'}, name="s")
+    assert study_objectives(several) == [("a/b", "max"), ("c/d", "min")]
+    assert study_objectives(pd.Series({"objective": "min a/b"}, name="s")) == [("a/b", "min")]
+
+
+def test_importance_ranks_a_planted_key_above_seed_and_a_null_key():
+    rng = np.random.default_rng(0)
+    rows = []
+    for lr in (1e-4, 1e-3, 1e-2):
+        for dataset in ("glyphs", "mnist"):
+            for seed in range(4):
+                value = {1e-4: 0.2, 1e-3: 0.8, 1e-2: 0.5}[lr] + rng.normal(0, 0.02)
+                rows.append({"finetune.lr": lr, "pretrain.dataset": dataset, "seed": seed,
+                             "status": "FINISHED", UP: value})  # fmt: skip
+    table = importance(pd.DataFrame(rows), UP).set_index("param")
+    assert set(table.index) == {"finetune.lr", "pretrain.dataset", "seed"}
+    for evaluator in ("ped_anova", "fanova"):
+        assert table[evaluator].sum() == pytest.approx(1.0)
+        assert table.loc["finetune.lr", evaluator] > 0.6
+        assert table.loc["seed", evaluator] < 0.2
+    assert table.index[0] == "finetune.lr" and table.attrs["trials"] == 24
+    # seed joins even when not asked for; too few trials is a clear error.
+    assert "seed" in set(importance(pd.DataFrame(rows), UP, params=["finetune.lr"])["param"])
+    with pytest.raises(ConfigError, match="2 or more"):
+        importance(pd.DataFrame(rows[:1]), UP)
