@@ -1,6 +1,7 @@
 """The shared trainer on tiny real trials: it learns, resumes exactly, and fails loudly."""
 
 import math
+import time
 
 import pytest
 import torch
@@ -190,3 +191,19 @@ def test_finetune_lr_overrides_the_pretraining_lr():
 
     run_trial(tiny(**{"finetune.lr": 1e-4, "optim.lr": 1e-2}), grab)
     assert seen == {"pretrain": 1e-2, "finetune": 1e-4}
+
+
+def test_a_trial_books_its_time_by_part_and_a_cache_hit_what_it_saved(tmp_path):
+    """Seconds by part cover the trial; a hit spends no pretraining steps and carries the stored
+    pretraining's original duration (its steps and evaluations)."""
+    cache = {"run.pretrain_cache": str(tmp_path / "cache")}
+    started = time.perf_counter()
+    _, _, miss = collect(tiny(**cache))
+    wall = time.perf_counter() - started
+    assert set(miss.seconds) == {"setup", "pretrain", "finetune", "eval", "report"}
+    assert all(v > 0 for v in miss.seconds.values())
+    assert 0.8 * wall < sum(miss.seconds.values()) <= wall
+    _, _, hit = collect(tiny(**cache, **{"finetune.freeze": "fc"}))
+    assert "pretrain" not in hit.seconds
+    saved = hit.seconds["pretrain_saved"]
+    assert miss.seconds["pretrain"] < saved < miss.seconds["pretrain"] + miss.seconds["eval"]

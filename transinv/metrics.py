@@ -45,6 +45,20 @@ finetuning: forgetting of the pretraining set."""
 PRETRAIN_ACC_GRID = "pretrain/acc_grid"
 ACC_GRID = "finetune/acc_grid"
 
+# Where a trial's time went (seconds, logged once at the end of the trial; `results.study_cost`
+# sums them over a study). Each is `time/<part>_s`: a phase's training steps (`pretrain`,
+# `finetune`), `setup` (data and net), `eval` (evaluations), `report` (the on_eval callback: in a
+# study the checkpoint and Tune report), `tracking` (the background thread's MLflow calls, which
+# overlap training), `tracking_wait` (waiting for them at the end), `pretrain_saved` (a cache
+# hit's stored pretraining: what the original trial spent on it).
+TIME_PARTS = ("setup", "pretrain", "finetune", "eval", "report", "tracking", "tracking_wait")
+TIME_PRETRAIN_SAVED = "time/pretrain_saved_s"
+
+
+def time_key(part: str) -> str:
+    """`time/pretrain_s`, `time/eval_s`, ..."""
+    return f"time/{part}_s"
+
 
 def invariance_key(quantity: str, layer: str) -> str:
     """`invariance/I/conv3`, `invariance/D/fc1`, `invariance/G/logits`."""

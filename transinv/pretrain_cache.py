@@ -74,6 +74,8 @@ class Pretrained:
     """Torch's global random state right after pretraining."""
     evaluations: list[Any]
     """The pretraining's `evaluation.Evaluation` records, in order."""
+    seconds: float = float("nan")
+    """What the pretraining took (training and its evaluations): what a cache hit saves."""
 
 
 class PretrainCache:

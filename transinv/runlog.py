@@ -7,12 +7,14 @@ and invariance-by-layer figures and the final grid as a table.
 
 Calls run in order on a background `TrackingQueue`. Evaluations the server has not confirmed yet
 are listed by `unconfirmed()` so that a checkpoint can carry them and a restored trial logs them
-again (`results.curves` drops the duplicate points).
+again (`results.curves` drops the duplicate points). The end of a trial also logs where its time
+went (`time/<part>_s`, `metrics.time_key`), with the tracking thread's own busy time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -30,18 +32,30 @@ class RunLog:
         for entry in pending:  # from the checkpoint this trial resumes
             tracker.log_metrics(run_id, entry["metrics"], entry["step"])
         self.queue = TrackingQueue()
+        self.busy_s = 0.0
+        """Seconds the tracking thread spent in this attempt's calls."""
         self._unconfirmed: list[tuple[int, dict[str, Any]]] = []
         self.last: Evaluation | None = None
 
     def on_eval(self, evaluation: Evaluation) -> None:
         progress = {"transinv.progress": f"{evaluation.phase} {evaluation.step}"}
-        number = self.queue.submit(
+        number = self._submit(
             self.tracker.log_metrics, self.run_id, evaluation.metrics, evaluation.step, progress
         )
         entry = {"step": evaluation.step, "metrics": dict(evaluation.metrics)}
         self._unconfirmed.append((number, entry))
-        self.queue.submit(self._log_images, evaluation)
+        self._submit(self._log_images, evaluation)
         self.last = evaluation
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> int:
+        def timed() -> None:
+            started = time.perf_counter()
+            try:
+                fn(*args)
+            finally:
+                self.busy_s += time.perf_counter() - started
+
+        return self.queue.submit(timed)
 
     def unconfirmed(self) -> list[dict[str, Any]]:
         """Evaluations whose metrics the server has not confirmed (JSON-ready)."""
@@ -85,9 +99,16 @@ class RunLog:
             tracker.log_table(run_id, table, "final_grid.json")
 
     def finish(self, result: TrialResult) -> None:
-        """Log the end-of-trial artifacts, wait for every call, and end the run FINISHED."""
-        self.queue.submit(self._log_summary, result)
+        """Log the end-of-trial artifacts, wait for every call, log where the trial's time went,
+        and end the run FINISHED."""
+        self._submit(self._log_summary, result)
+        started = time.perf_counter()
         self.queue.flush()
+        seconds = {**result.seconds, "tracking": self.busy_s}
+        seconds["tracking_wait"] = time.perf_counter() - started
+        steps = [s for curve in result.curves.values() for s in curve]
+        times = {metrics.time_key(part): value for part, value in seconds.items()}
+        self.tracker.log_metrics(self.run_id, times, step=max(steps, default=0))
         self.tracker.finish(self.run_id, "FINISHED")
 
     def detach(self) -> None:

@@ -61,6 +61,8 @@ class TrialResult:
     info: dict[str, Any]
     curves: dict[str, dict[int, float]]
     grid: TestGrid
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Where the trial's time went, by part (`metrics.TIME_PARTS`, `pretrain_saved`)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,6 +123,7 @@ PLAIN = (
     "curves",
     "last_metrics",
     "pretrain_cache",
+    "seconds",
 )
 """Fields a checkpoint holds as they are."""
 
@@ -150,6 +153,9 @@ class TrainState:
     """The latest recording phase's metrics (the trial's final metrics once it ends)."""
     pretrain_cache: str = "off"
     """`off`, `miss` (pretrained here and stored) or `hit` (loaded from the cache)."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds spent so far by part: each phase's training steps, `setup`, `eval`, `report`
+    (the on_eval callback), `pretrain_saved` (a cache hit's original pretraining time)."""
 
     def checkpoint(self) -> dict[str, Any]:
         """Everything needed to continue this trial exactly (a plain dict for `torch.save`)."""
@@ -168,7 +174,11 @@ class TrainState:
 def initial_state(setup: Setup) -> TrainState:
     """A fresh net (ImageNet weights if configured) in the first phase."""
     c, first = setup.config, next(iter(setup.phases.values()))
-    net = build_model(c.model.arch, first.data.items.num_classes, c.canvas.channels, c.canvas.size)
+    m = c.model
+    classes = first.data.items.num_classes
+    net = build_model(
+        m.arch, classes, c.canvas.channels, c.canvas.size, m.antialias, m.blur_size, m.padding
+    )
     if c.pretrain.dataset == "imagenet":
         load_imagenet_weights(net, c.model.arch)
     net = net.to(setup.device, memory_format=torch.channels_last)
@@ -276,14 +286,19 @@ def run_phase(state: TrainState, phase: Phase, on_eval: OnEval | None) -> None:
     last_beat = started = time.monotonic()
     start_step = state.step
     reason = state.stop_reason.get(phase.name)
+    # Training time is booked at each evaluation, before the callback checkpoints the state.
+    mark = time.perf_counter()
     while True:
         done = state.step >= phase.steps or reason is not None
         if (state.step in phase.schedule or done) and not state.evaluated:
             rate = (state.step - start_step) / max(time.monotonic() - started, 1e-9)
             loss_sum, acc_sum, count = state.running
             running = (loss_sum / count, acc_sum / count) if count else (math.nan, math.nan)
+            mark = _book(state, phase.name, mark)
             evaluation = phase.evaluate(state.net, state.pretrain_head, state.step, running, done)
+            mark = _book(state, "eval", mark)
             _emit(state, phase, evaluation, on_eval, rate)
+            mark = _book(state, "report", mark)
         if done:
             break
         loss, acc = _train_step(state, phase, batch_size)
@@ -307,6 +322,13 @@ def run_phase(state: TrainState, phase: Phase, on_eval: OnEval | None) -> None:
     state.steps_run[phase.name] = state.step
 
 
+def _book(state: TrainState, part: str, since: float) -> float:
+    """Add the seconds since `since` to `part`; returns now."""
+    now = time.perf_counter()
+    state.seconds[part] = state.seconds.get(part, 0.0) + now - since
+    return now
+
+
 def replay(state: TrainState, phase: Phase, stored: Pretrained, on_eval: OnEval | None) -> None:
     """A phase's stored end instead of running it: its weights and random state, and its
     evaluations through `on_eval`, so the trial's record is the same either way."""
@@ -314,6 +336,7 @@ def replay(state: TrainState, phase: Phase, stored: Pretrained, on_eval: OnEval 
     state.step = state.steps_run[phase.name] = stored.steps_run
     state.stop_reason[phase.name] = stored.stop_reason
     state.pretrain_cache = "hit"
+    state.seconds["pretrain_saved"] = stored.seconds
     torch.set_rng_state(stored.rng)
     # A checkpoint taken during the replay says "phase done" (with the random state the next
     # phase starts from), never "at step 0 with trained weights".
@@ -333,10 +356,13 @@ def run_and_store(
         if on_eval is not None:
             on_eval(evaluation, state)
 
+    before = state.seconds.get(phase.name, 0.0) + state.seconds.get("eval", 0.0)
     run_phase(state, phase, collect)
+    seconds = state.seconds.get(phase.name, 0.0) + state.seconds.get("eval", 0.0) - before
     net = {k: v.detach().cpu().clone() for k, v in state.net.state_dict().items()}
     n, reason = state.steps_run[phase.name], state.stop_reason[phase.name]
-    cache.save(state.setup.config, Pretrained(net, n, reason, torch.get_rng_state(), evaluations))
+    stored = Pretrained(net, n, reason, torch.get_rng_state(), evaluations, seconds)
+    cache.save(state.setup.config, stored)
     state.pretrain_cache = "miss"
 
 
@@ -350,11 +376,13 @@ def run_trial(
     Raises NonFiniteLossError (naming phase and step) if the loss diverges.
     """
     validate(config)
+    started = time.perf_counter()
     threads = configure_threads(config.run.threads)
     device = select_device(config.run.device)
     torch.manual_seed(config.seed)
     setup = build_setup(config, device, threads)
     state = restore_state(setup, checkpoint) if checkpoint else initial_state(setup)
+    _book(state, "setup", started)
     headline = ("model.arch", "pretrain.dataset", "pretrain.regime", "finetune.dataset", "seed")
     flat = to_flat(config)
     log.info(
@@ -388,4 +416,4 @@ def run_trial(
         "device": str(device),
         "threads": threads,
     }
-    return TrialResult(final, info, state.curves, setup.grid)
+    return TrialResult(final, info, state.curves, setup.grid, dict(state.seconds))
