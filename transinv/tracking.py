@@ -14,6 +14,7 @@ runs back into tables is `results.py`.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -98,6 +99,18 @@ def check_uri(uri: str) -> str:
     return uri.rstrip("/")
 
 
+def auth_headers() -> dict[str, str]:
+    """The credentials `MlflowClient` sends, from the same environment variables: basic auth
+    (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD) or a bearer MLFLOW_TRACKING_TOKEN."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {pair}"}
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     """Raise TrackingError within about `timeout_s` unless the server answers a real API call.
 
@@ -112,16 +125,20 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
             remaining = max(0.5, deadline - time.monotonic())
             url = f"{uri}/api/2.0/mlflow/experiments/search"
             body = json.dumps({"max_results": 1}).encode()
-            req = urllib.request.Request(
-                url, data=body, headers={"Content-Type": "application/json"}, method="POST"
-            )
+            headers = {"Content-Type": "application/json", **auth_headers()}
+            req = urllib.request.Request(url, data=body, headers=headers, method="POST")
             with urllib.request.urlopen(req, timeout=min(remaining, 5.0)) as resp:
                 if resp.status == 200:
                     return
         except urllib.error.HTTPError as exc:
+            hint = {
+                401: " (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD for a server "
+                "with authentication: the values in the cluster's .env)",
+                403: " (check the server's --allowed-hosts)",
+            }
             raise TrackingError(
                 f"MLflow server at {uri} refused an API call: HTTP {exc.code} {exc.reason}"
-                + (" (check the server's --allowed-hosts)" if exc.code == 403 else "")
+                + hint.get(exc.code, "")
             ) from exc
         except (OSError, urllib.error.URLError) as exc:
             last = exc
