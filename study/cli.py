@@ -5,8 +5,11 @@
     python -m study list
     python -m study status smoke
     python -m study best smoke --metric finetune/acc_untrained --by pretrain.dataset
+    python -m study best tradeoffs --pareto          # non-dominated conditions, mean ± std, n
+    python -m study importance smoke --metric finetune/acc_untrained   # PED-ANOVA and fANOVA
     python -m study export-optuna smoke --storage-url sqlite:///optuna.db
     python -m study report claim5_forgetting --out reports/   # Markdown + figures from MLflow
+    python -m study profile claim5_forgetting           # where the study's time went
 
 With no --tracking-uri (nor MLFLOW_TRACKING_URI), commands use a local MLflow server on
 127.0.0.1 whose runs and artifacts live in the state directory ($TRANSINV_HOME, default
@@ -144,7 +147,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 code = EXIT_FAILED
     names = " ".join(spec.name for spec in specs)
     print(f"browse: python -m study ui   then open the study {specs[0].name!r}")
-    print(f"best:   python -m study best {specs[0].name} --metric {specs[0].objective}")
+    if specs[0].multi_objective:
+        print(f"front:  python -m study best {specs[0].name} --pareto")
+    else:
+        print(f"best:   python -m study best {specs[0].name} --metric {specs[0].objective}")
     if any(spec.report for spec in specs):
         print(f"report: python -m study report {names}")
     return code
@@ -157,7 +163,8 @@ def _dry_run(spec) -> int:
 
     repeat = f", each suggestion over seeds 0-{spec.repeat - 1}" if spec.repeat > 1 else ""
     print(f"study {spec.name}: {expected_trials(spec)} trials, sampler {spec.sampler}{repeat}")
-    print(f"objective: {spec.mode} {spec.objective}; resources cpu={spec.cpu} gpu={spec.gpu}")
+    objectives = ", ".join(f"{mode} {metric}" for metric, mode in spec.objectives)
+    print(f"objectives: {objectives}; resources cpu={spec.cpu} gpu={spec.gpu}")
     if spec.sampler == "grid":
         import itertools
 
@@ -215,14 +222,71 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_best(args: argparse.Namespace) -> int:
     from transinv.constraints import Constraint
-    from transinv.results import best_regimes, load_runs, varying_keys
+    from transinv.results import best_regimes, load_runs
 
     where = [Constraint.parse(text, "--where") for text in args.where or []]
+    if args.pareto:
+        return _pareto(args, where)
+    if not args.metric:
+        raise ConfigError("best needs --metric METRIC (or --pareto for the study's objectives)")
     with tracking(args.tracking_uri) as uri:
         runs = load_runs(args.study, uri)
-    by = args.by or varying_keys(runs) or ["trial_id"]
-    table = best_regimes(runs, args.metric, by=by, mode=args.mode, where=where)
-    print(table.head(args.top).to_string(index=False))
+    table = best_regimes(runs, args.metric, by=args.by or (), mode=args.mode, where=where)
+    applied = [str(c) for c in dict.fromkeys([*runs.attrs.get("constraints", ()), *where])]
+    if applied:
+        print(f"constraints (on each condition's mean): {'; '.join(applied)}")
+    if table.empty:
+        print(f"no condition of {args.study} with a finished trial meets the constraints")
+    else:  # a blank cell: the key is inactive in that condition
+        print(table.head(args.top).to_string(index=False, na_rep=""))
+    return EXIT_OK
+
+
+def _objectives(args: argparse.Namespace, uri: str) -> list[tuple[str, str]]:
+    """--objective METRIC:MODE options, else the study's own objectives."""
+    from transinv.results import study_info, study_objectives
+
+    if not args.objective:
+        return study_objectives(study_info(args.study, uri))
+    out = []
+    for text in args.objective:
+        metric, _, mode = text.rpartition(":")
+        if not metric or mode not in ("max", "min"):
+            raise ConfigError(f"bad --objective {text!r}; expected METRIC:max or METRIC:min")
+        out.append((metric, mode))
+    return out
+
+
+def _pareto(args: argparse.Namespace, where: list) -> int:
+    from transinv.results import load_runs, pareto
+
+    with tracking(args.tracking_uri) as uri:
+        runs = load_runs(args.study, uri)
+        objectives = _objectives(args, uri)
+    front = pareto(runs, objectives, by=args.by, where=where)
+    keys = [c for c in front.columns if " mean" not in c and " std" not in c and c != "n"]
+    table = front[keys].copy()
+    for metric, mode in objectives:
+        mean, std = front[f"{metric} mean"], front[f"{metric} std"].fillna(0.0)
+        cells = [f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, std, strict=True)]
+        table[f"{metric} ({mode})"] = cells
+    table["n"] = front["n"]
+    print(f"Pareto front of {args.study}: {len(front)} conditions (mean ± std over trials)")
+    print(table.head(args.top).to_string(index=False) if len(table) else "(no condition)")
+    return EXIT_OK
+
+
+def cmd_importance(args: argparse.Namespace) -> int:
+    from transinv.results import importance, load_runs
+
+    with tracking(args.tracking_uri) as uri:
+        runs = load_runs(args.study, uri)
+        metrics = [(args.metric, args.mode)] if args.metric else _objectives(args, uri)
+    for metric, mode in metrics:
+        table = importance(runs, metric, params=args.params, mode=mode)
+        print(f"importance for {mode} {metric} over {table.attrs['trials']} trials "
+              "(seed: the null reference)")  # fmt: skip
+        print(table.to_string(index=False, float_format="{:.3f}".format))
     return EXIT_OK
 
 
@@ -236,6 +300,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"report: {path}")
     if not args.no_log:
         print("logged to each study's parent run under report/")
+    return EXIT_OK
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from transinv.study_cost import format_cost, study_cost
+
+    with tracking(args.tracking_uri) as uri:
+        print(format_cost(study_cost(args.study, uri)))
     return EXIT_OK
 
 
@@ -273,17 +345,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study")
     p = add("best", cmd_best, "conditions ranked by a metric, with spread over seeds")
     p.add_argument("study")
-    p.add_argument("--metric", required=True)
-    p.add_argument("--by", nargs="+", help="config keys that define a condition")
-    p.add_argument("--mode", choices=("max", "min"), default="max")
-    p.add_argument("--where", action="append", help="constraint 'METRIC OP VALUE'")
-    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--metric", help="metric to rank by (not with --pareto)")
+    p.add_argument(
+        "--by",
+        nargs="+",
+        metavar="KEY",
+        help="config keys to show first; a condition is always every key the study varies",
+    )
+    p.add_argument("--mode", choices=("max", "min"), default="max", help="higher or lower wins")
+    p.add_argument(
+        "--where",
+        action="append",
+        metavar="'METRIC OP VALUE'",
+        help="a constraint on each condition's mean, added to the study's own (repeatable)",
+    )
+    p.add_argument("--top", type=int, default=10, help="rows to print (default: 10)")
+    p.add_argument("--pareto", action="store_true", help="the Pareto front of the objectives")
+    p.add_argument(
+        "--objective", action="append", help="METRIC:max|min for --pareto (default: the study's)"
+    )
+    p = add("importance", cmd_importance, "how much each config key moves a metric")
+    p.add_argument("study")
+    p.add_argument("--metric", help="default: each of the study's objectives")
+    p.add_argument("--mode", choices=("max", "min"), default="max", help="with --metric")
+    p.add_argument("--params", nargs="+", help="config keys (default: those that vary)")
+    p.add_argument("--objective", action="append", help=argparse.SUPPRESS)
     p = add("report", cmd_report, "Markdown report with figures of finished studies")
     p.add_argument("studies", nargs="+", metavar="STUDY")
     p.add_argument("--out", default="reports", help="folder for report.md and figures")
     p.add_argument("--analysis", nargs="+", help="analyses to run instead of the study file's")
     p.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     p.add_argument("--readme", help="also rewrite the results section of this Markdown file")
+    p = add("profile", cmd_profile, "where a study's time went, from its runs in MLflow")
+    p.add_argument("study")
     p = add("export-optuna", cmd_export_optuna, "copy a study's Optuna trials to a storage")
     p.add_argument("study")
     p.add_argument("--storage", help="Tune storage the study ran in (default: state dir)")

@@ -97,6 +97,7 @@ def open_parent_run(spec: StudySpec, tracker: Tracker) -> str:
             "max_concurrent": spec.max_concurrent,
             "scheduler": spec.scheduler,
             "objective": f"{spec.mode} {spec.objective}",
+            "objectives": json.dumps([list(o) for o in spec.objectives]),
             "constraints": constraints.to_json(spec.constraints),
             "resources": f"cpu={spec.cpu} gpu={spec.gpu}",
             "repeat": spec.repeat,
@@ -220,12 +221,31 @@ def run_study(
         spec.name, experiment_dir, expected_trials(spec), finished, errored, parent
     )
     reconcile_runs(tracker, spec, grid, interrupted=not outcome.complete)
+    if spec.multi_objective:
+        log_pareto_front(tracker, spec, parent)
     if outcome.complete:
         tracker.set_tags(parent, {TAG_FINISHED_TRIALS: finished, TAG_ERRORS: errored})
         tracker.finish(parent, "FINISHED")
     else:
         tracker.finish(parent, "KILLED")
     return outcome
+
+
+PARETO_ARTIFACT = "pareto_front.json"
+
+
+def log_pareto_front(tracker: Tracker, spec: StudySpec, parent: str) -> None:
+    """The study's Pareto front so far (conditions over seed means, constraints applied) as a
+    `{columns, data}` table on the parent run, rewritten at the end of every run or resume."""
+    from transinv.results import load_runs, pareto, varying_keys
+
+    runs = load_runs(spec.name, tracker.uri)
+    if runs.empty or not all(m in runs for m, _ in spec.objectives):
+        return
+    keys = [k for k in varying_keys(runs) if k in spec.space] or ["trial_id"]
+    front = pareto(runs, spec.objectives, by=keys, where=spec.constraints)
+    table = json.loads(front.to_json(orient="split", index=False))
+    tracker.log_dict(parent, {"columns": table["columns"], "data": table["data"]}, PARETO_ARTIFACT)
 
 
 def _completed(result) -> bool:
