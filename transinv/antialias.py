@@ -20,8 +20,9 @@ conv (and the pools it rebuilds) wrap around. Parameters keep their objects and 
 state-dict keys, so ImageNet weights and checkpoints load into a converted net unchanged.
 
 Written from the two papers. What is not here: the config keys (`model.antialias`,
-`model.padding`, `model.blur_size`; `config.py` declares them), building the nets (`models.py`),
-and measuring shift sensitivity (`shift_metrics.py` / `metrics.py`).
+`model.padding`, `model.blur_size`) and their choices (`config.py` declares them), building the
+nets (`models.build_model` applies this converter), and measuring shift sensitivity
+(`metrics.py`, `evaluation.py`).
 """
 
 from __future__ import annotations
@@ -32,14 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transinv.config import ConfigError
-
-ANTIALIAS = ("none", "blur", "aps")
-"""Choices of `model.antialias`: none, BlurPool (Zhang 2019), adaptive polyphase sampling."""
-PADDINGS = ("zeros", "circular")
-"""Choices of `model.padding`."""
-BLUR_SIZES = (3, 5)
-"""Choices of `model.blur_size`: binomial filters [1, 2, 1] and [1, 4, 6, 4, 1]."""
+from transinv.config import ANTIALIAS, BLUR_SIZES, PADDINGS, check_choice
 
 Pair = tuple[int, int]
 
@@ -231,13 +225,6 @@ class DownsampledPool2d(nn.Module):
         )
 
 
-def _check(key: str, value: object, choices: tuple) -> None:
-    if value not in choices:
-        raise ConfigError(
-            f"unknown value {value!r} for {key}; choose one of {', '.join(map(str, choices))}"
-        )
-
-
 def _strided(stride: int | tuple[int, ...]) -> bool:
     return _pair(stride) != (1, 1)
 
@@ -297,9 +284,9 @@ def apply_shift_options(
     and state-dict keys. Converting twice is harmless: converted layers have stride 1.
     Raises ConfigError for a value outside ANTIALIAS, BLUR_SIZES, PADDINGS.
     """
-    _check("model.antialias", antialias, ANTIALIAS)
-    _check("model.blur_size", blur_size, BLUR_SIZES)
-    _check("model.padding", padding, PADDINGS)
+    check_choice("model.antialias", antialias, ANTIALIAS)
+    check_choice("model.blur_size", blur_size, BLUR_SIZES)
+    check_choice("model.padding", padding, PADDINGS)
     replaced: list[str] = []
     if antialias != "none":
         # Collect first, then replace: replacing while iterating named_modules would walk into
@@ -324,9 +311,6 @@ def apply_shift_options(
 
 
 __all__ = [
-    "ANTIALIAS",
-    "BLUR_SIZES",
-    "PADDINGS",
     "BlurPool2d",
     "DownsampledConv2d",
     "DownsampledPool2d",

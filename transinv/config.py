@@ -109,6 +109,12 @@ TRANSFER_MODES = ("all", "scramble_fc", "scramble_conv")
 STOP_RULES = ("fixed", "goal")
 EVAL_SCHEDULES = ("linear", "log")
 DEVICES = ("auto", "cpu", "cuda")
+ANTIALIAS = ("none", "blur", "aps")
+"""`model.antialias`: none, BlurPool (Zhang 2019), adaptive polyphase sampling (Chaman &
+Dokmanic 2021); built by `transinv/antialias.py`."""
+PADDINGS = ("zeros", "circular")
+BLUR_SIZES = (3, 5)
+"""`model.blur_size`: binomial filters [1, 2, 1] and [1, 4, 6, 4, 1]."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,19 @@ class DataConfig:
 class ModelConfig:
     arch: str = key(
         "small_cnn", "The network (`--list` shows each with its facts).", choices=MODELS
+    )
+    antialias: str = key(
+        "none",
+        "Shift-aware down-sampling in every strided pool and conv: `none`, `blur` (BlurPool, "
+        "Zhang 2019) or `aps` (adaptive polyphase sampling, Chaman & Dokmanic 2021; with "
+        "circular padding and a GAP head exactly invariant to circular shifts).",
+        choices=ANTIALIAS,
+    )
+    blur_size: int = key(3, "Side of the binomial filter of `blur`.", choices=BLUR_SIZES)
+    padding: str = key(
+        "zeros",
+        "Padding of every padded conv (and rebuilt pool): `zeros` or `circular`.",
+        choices=PADDINGS,
     )
 
 
@@ -264,6 +283,18 @@ class EvalConfig:
     pretrain_items: int = key(
         256,
         "Held-out items of the pretraining set for its accuracy (and forgetting of it).",
+        bounds=at_least(1),
+    )
+    nway: int = key(
+        5,
+        "N of `invariance/nway/<layer>`: the same item among N - 1 other classes' items; "
+        "chance 1 / N (at most the number of finetuning classes).",
+        bounds=at_least(2),
+    )
+    shift_centres: int = key(
+        4,
+        "Untrained grid centres (spread evenly over them) where `finetune/jaggedness_untrained` "
+        "and `invariance/nway/<layer>` are measured; each costs 5 x `eval.items` canvases.",
         bounds=at_least(1),
     )
 
@@ -499,6 +530,16 @@ def cross_key_problems(c: TrialConfig) -> list[tuple[str, str]]:
     if c.canvas.size < c.canvas.item_size:
         problems.append(
             ("canvas.size", f"must be at least canvas.item_size ({c.canvas.item_size})")
+        )
+    if (c.canvas.size - c.canvas.item_size) * math.sqrt(2) < c.canvas.item_size:
+        # Untrained centres and positional consistency need two centres one item width apart.
+        problems.append(
+            (
+                "canvas.size",
+                f"must leave two centres one item width apart: at least "
+                f"{c.canvas.item_size + math.ceil(c.canvas.item_size / math.sqrt(2))} for "
+                f"canvas.item_size {c.canvas.item_size}",
+            )
         )
     if c.pretrain.dataset == "imagenet" and c.canvas.channels != 3:
         problems.append(("canvas.channels", "pretrain.dataset=imagenet needs canvas.channels=3"))

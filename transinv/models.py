@@ -29,6 +29,7 @@ import torch
 import torchvision
 from torch import nn
 
+from transinv.antialias import apply_shift_options
 from transinv.choices import MODELS
 from transinv.config import ConfigError, check_choice
 
@@ -82,13 +83,46 @@ Builder = Callable[[int, int, int], Net]
 """What `MODELS` holds: `(num_classes, in_channels, canvas_size) -> Net`."""
 
 
-def build_model(arch: str, num_classes: int, in_channels: int, canvas_size: int) -> Net:
-    """A freshly initialised `arch` for [B, in_channels, canvas_size, canvas_size] inputs.
+def build_model(
+    arch: str,
+    num_classes: int,
+    in_channels: int,
+    canvas_size: int,
+    antialias: str = "none",
+    blur_size: int = 3,
+    padding: str = "zeros",
+) -> Net:
+    """A freshly initialised `arch` for [B, in_channels, canvas_size, canvas_size] inputs, with
+    the shift options `model.antialias`, `model.blur_size`, `model.padding` applied
+    (`antialias.apply_shift_options`: parameters, state-dict keys, probes and the total stride
+    stay what they are, so ImageNet weights and checkpoints load as before).
 
-    Raises ConfigError for an unknown architecture or a canvas it cannot take.
+    Raises ConfigError for an unknown architecture, option or a canvas it cannot take.
     """
     check_choice("model.arch", arch, MODELS)
-    return MODELS[arch](num_classes, in_channels, canvas_size)
+    net = MODELS[arch](num_classes, in_channels, canvas_size)
+    apply_shift_options(net, antialias, blur_size, padding)
+    return net
+
+
+def preactivation_layers(net: Net) -> dict[str, nn.Module]:
+    """Probe name -> the module whose INPUT, at its last call in a forward pass, is that probe's
+    activation before the ReLU (the authors' early measure, `invariance/cos/<layer>`); `logits`
+    -> the head, whose output is taken (it has no ReLU).
+
+    A probe that is a ReLU is its own; a probe that is a block (ResNet's stages) gives the last
+    ReLU inside it: its last block's final ReLU, called last in the block's forward.
+    """
+    out: dict[str, nn.Module] = {}
+    for name, module in net.probe_layers.items():
+        if name == "logits" or isinstance(module, nn.ReLU):
+            out[name] = module
+            continue
+        relus = [m for m in module.modules() if isinstance(m, nn.ReLU)]
+        if not relus:
+            raise ValueError(f"probe {name!r} ({type(module).__name__}) holds no ReLU")
+        out[name] = relus[-1]
+    return out
 
 
 def replace_head(net: Net, num_classes: int) -> nn.Linear:
@@ -426,6 +460,7 @@ __all__ = [
     "imagenet_weights_path",
     "load_imagenet_weights",
     "parameter_groups",
+    "preactivation_layers",
     "reinitialize",
     "replace_head",
 ]
