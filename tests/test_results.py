@@ -67,3 +67,57 @@ def test_constraints_travel_as_json_not_as_text():
     given = (Constraint("finetune/acc_trained", ">=", 0.9), Constraint("finetune/loss", "<", 1.0))
     assert from_json(to_json(given)) == given
     assert from_json(None) == () and from_json("") == ()
+
+
+def study_runs() -> pd.DataFrame:
+    """Trials as `load_runs` gives them: `sampled_keys` from each run's tag, the study's
+    constraints in attrs. pretrain.translation is sampled only with a pretraining set."""
+    frame = pd.DataFrame(
+        {
+            "status": ["FINISHED"] * 6,
+            "trial_id": list("abcdef"),
+            "seed": [0, 0, 0, 0, 1, 0],
+            "pretrain.dataset": ["none", "none", "glyphs", "glyphs", "glyphs", "glyphs"],
+            "pretrain.translation": [0.5, 0.5, 0.2, 0.9, 0.9, 0.9],
+            "finetune.freeze": ["none", "all_but_head", "none", "none", "none", "none"],
+            "sampled_keys": [
+                "pretrain.dataset,finetune.freeze",
+                "pretrain.dataset,finetune.freeze",
+                *["pretrain.dataset,pretrain.translation,finetune.freeze"] * 4,
+            ],
+            "acc_untrained": [0.1, 0.2, 0.5, 0.8, 0.6, 0.7],
+            "acc_trained": [0.9, 0.3, 0.9, 0.9, 0.9, 0.9],
+        }
+    )
+    frame.attrs["constraints"] = (Constraint("acc_trained", ">=", 0.5),)
+    return frame
+
+
+def test_best_regimes_defaults_to_the_studys_conditions_and_constraints():
+    table = best_regimes(study_runs(), "acc_untrained")
+    keys = ["pretrain.dataset", "pretrain.translation", "finetune.freeze"]
+    assert list(table.columns[:3]) == keys
+    # (none, all_but_head) misses the study's constraint; the rest are separate conditions
+    rows = [tuple(r) for r in table[keys].itertuples(index=False)]
+    assert rows[0] == ("glyphs", 0.9, "none") and rows[1] == ("glyphs", 0.2, "none")
+    assert len(rows) == 3 and rows[2][0] == "none" and rows[2][2] == "none"
+    assert table["n"].tolist() == [3, 1, 1]
+    assert table["seeds"].tolist() == ["0,1", "0", "0"]  # distinct seeds, not one per trial
+    assert table["acc_trained mean"].tolist() == pytest.approx([0.9, 0.9, 0.9])
+
+
+def test_best_regimes_blanks_inactive_keys_and_never_pools_conditions():
+    table = best_regimes(study_runs(), "acc_untrained", by=["finetune.freeze"])
+    assert list(table.columns[:2]) == ["finetune.freeze", "pretrain.dataset"]
+    vanilla = table[table["pretrain.dataset"] == "none"]
+    assert len(vanilla) == 1 and pd.isna(vanilla["pretrain.translation"].iloc[0])
+    assert len(table) == 3  # by= orders the columns; glyphs r=0.2 and r=0.9 stay apart
+
+
+def test_where_adds_to_the_studys_constraints():
+    table = best_regimes(study_runs(), "acc_untrained", where=[("acc_untrained", ">=", 0.4)])
+    assert table["n"].tolist() == [3, 1]
+    assert {"acc_trained mean", "acc_untrained mean"} <= set(table.columns)
+    plain = study_runs()
+    plain.attrs.clear()  # a frame of one's own: only `where` applies
+    assert len(best_regimes(plain, "acc_untrained", by=["trial_id"])) == 6

@@ -26,10 +26,21 @@ import numpy as np
 import pandas as pd
 
 from transinv.config import KEY_TYPES, ConfigError, format_value, parse_value
-from transinv.constraints import OPS, Constraint
-from transinv.tracking import ROLE_TRIAL, TAG_TRIAL, Tracker, all_of, check_uri, role_filter
+from transinv.constraints import OPS, Constraint, from_json
+from transinv.tracking import (
+    ROLE_TRIAL,
+    TAG_PARAMS,
+    TAG_TRIAL,
+    Tracker,
+    all_of,
+    check_uri,
+    role_filter,
+)
 
-RUN_COLUMNS = ["run_id", "trial_id", "status", "start_time", "end_time"]
+SAMPLED = "sampled_keys"
+"""Column of the keys the searcher chose for a trial, comma-separated (its other keys are fixed,
+defaults, or inactive under the study's `when` / `when_not`)."""
+RUN_COLUMNS = ["run_id", "trial_id", "status", "start_time", "end_time", SAMPLED]
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -96,6 +107,7 @@ def load_runs(study: str, uri: str | None = None, filter_string: str = "") -> pd
             else pd.NaT,
         }
         row.update({k: v for k, v in run.data.params.items() if k in KEY_TYPES})
+        row[SAMPLED] = run.data.tags.get(TAG_PARAMS)
         row.update(run.data.metrics)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=RUN_COLUMNS if not rows else None)
@@ -103,6 +115,11 @@ def load_runs(study: str, uri: str | None = None, filter_string: str = "") -> pd
         if key in frame:
             frame[key] = _typed(frame[key], key)
     frame.attrs["study"], frame.attrs["uri"] = study, tracker.uri
+    parent = tracker.parent_run(experiment, study)
+    # The study's constraints as its parent run keeps them (JSON): `best_regimes` applies them.
+    frame.attrs["constraints"] = from_json(
+        parent.data.params.get("constraints") if parent else None
+    )
     return frame.sort_values("start_time", ignore_index=True) if rows else frame
 
 
@@ -152,42 +169,78 @@ def with_config(long: pd.DataFrame, runs: pd.DataFrame, keys: Sequence[str]) -> 
 def best_regimes(
     runs: pd.DataFrame,
     metric: str,
-    by: Sequence[str],
+    by: Sequence[str] = (),
     mode: str = "max",
     where: Sequence[Constraint | tuple[str, str, float]] = (),
     status: str | None = "FINISHED",
 ) -> pd.DataFrame:
     """Conditions ranked by the mean of `metric` over their trials (seeds), with the spread.
 
-    where: constraints (`Constraint.parse("finetune/acc_trained >= 0.9")`, or the same as a
-    tuple), met by a condition when the mean over its trials meets them (what Optuna is told of
-    a repeated suggestion); dropping the seeds that miss would flatter a regime that works for
-    some seeds only. Columns: the `by` keys, mean, std, min, max, n (trials), seeds, and the
-    mean of each constraint metric.
+    A condition is the values of every key the study varies (`condition_keys`): conditions are
+    never pooled; `by` only puts its keys first. A key inactive in a trial (say
+    `pretrain.translation` where the study's `when` sampled it only with a pretraining set) is
+    blank there, not its unused default.
+
+    Constraints are the study's own (`runs.attrs["constraints"]`, from `load_runs`) plus
+    `where` (`Constraint.parse("finetune/acc_trained >= 0.9")`, or the same as a tuple), met by
+    a condition when the mean over its trials meets them (what Optuna is told of a repeated
+    suggestion); dropping the seeds that miss would flatter a regime that works for some seeds
+    only. Columns: the condition keys, mean, std, min, max, n (trials), seeds (the distinct
+    seeds among them), and the mean of each constraint metric.
     """
     if mode not in ("max", "min"):
         raise ConfigError(f"mode {mode!r} must be max or min")
+    where = [*runs.attrs.get("constraints", ()), *where]
     bad = [c for c in where if c[1] not in OPS]
     if bad:
         raise ConfigError(f"constraints {bad} have an operator other than {', '.join(OPS)}")
-    where = [Constraint(*c) for c in where]
-    frame = _rows(runs, status, [metric, *by, *(c.metric for c in where)])
-    frame = frame[frame[metric].notna()]
+    where = list(dict.fromkeys(Constraint(*c) for c in where))
+    keys = list(dict.fromkeys([*by, *condition_keys(runs)])) or ["trial_id"]
+    frame = _rows(runs, status, [metric, *keys, *(c.metric for c in where)])
+    frame = active_only(frame[frame[metric].notna()], keys)
     constrained = [f"{c.metric} mean" for c in where]
     if frame.empty:
-        return pd.DataFrame(columns=[*by, "mean", "std", "min", "max", "n", "seeds", *constrained])
-    groups = frame.groupby(list(by), dropna=False)
+        return pd.DataFrame(
+            columns=[*keys, "mean", "std", "min", "max", "n", "seeds", *constrained]
+        )
+    groups = frame.groupby(keys, dropna=False)
     table = (
         groups[metric].agg(["mean", "std", "min", "max", "count"]).rename(columns={"count": "n"})
     )
     if "seed" in frame.columns:
-        table["seeds"] = groups["seed"].agg(lambda s: ",".join(map(str, sorted(s))))
+        table["seeds"] = groups["seed"].agg(lambda s: ",".join(map(str, sorted(set(s)))))
     for constraint, column in zip(where, constrained, strict=True):
         table[column] = groups[constraint.metric].mean()
         table = table[constraint.test(table[column])]
     table = table.sort_values("mean", ascending=(mode == "min")).reset_index()
     table.attrs["metric"], table.attrs["mode"] = metric, mode
     return table
+
+
+def condition_keys(runs: pd.DataFrame) -> list[str]:
+    """The keys a study varies, seeds aside, in the order its searcher chose them: from the
+    trials' `sampled_keys` (runs from `load_runs`), else the config keys that differ."""
+    if SAMPLED in runs and runs[SAMPLED].notna().any():
+        # Each tag lists its trial's active keys in file order: the longest first keeps it.
+        listed = sorted((text.split(",") for text in runs[SAMPLED].dropna()), key=len)
+        sampled = dict.fromkeys(k for keys in reversed(listed) for k in keys if k)
+        return [k for k in sampled if k != "seed" and k in runs]
+    return varying_keys(runs)
+
+
+def active_only(runs: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """`runs` with each of `keys` blanked (None/NaN) in the trials where the searcher did not
+    choose it: inactive there under the study's conditions. Unchanged without `sampled_keys`."""
+    if SAMPLED not in runs or runs[SAMPLED].isna().all():
+        return runs
+    sampled = runs[SAMPLED].fillna("").str.split(",")
+    searched = {k for listed in sampled for k in listed}
+    out = runs.copy()
+    for key in keys:
+        if key in searched:
+            inactive = ~sampled.apply(lambda listed, key=key: key in listed)
+            out[key] = out[key].astype(object).where(~inactive, None)
+    return out
 
 
 def summarize(
