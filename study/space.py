@@ -125,6 +125,9 @@ class StudySpec:
     raw: dict[str, Any]
     report: tuple[str, ...] = ()
     """Analyses `python -m study report` applies (names in `transinv.analyses.ANALYSES`)."""
+    report_plan: Any = None
+    """The resolved pre-registration (`transinv.analyses.ReportPlan`): every check's expected
+    direction and minimal effect; the parent run logs it as its `report` param."""
     repeat: int = 1
     """Seeds per suggested regime (Optuna samplers): each suggestion runs as `repeat` trials
     with seeds 0..repeat-1 and the searcher is told their mean."""
@@ -280,15 +283,16 @@ def load_space(path: str | Path) -> StudySpec:
             # The digest covers what the study runs, so editing the base file changes it too.
             raw = {**raw, "fixed": {k: cfg.format_value(v) for k, v in fixed.items()}}
 
-    report = raw.get("report") or []
-    with f.entry():
-        ok = isinstance(report, list)
-        f.check(ok, "report", f"bad report {report!r}", "a list of analyses")
-        from transinv.analyses import ANALYSES
+    from transinv.analyses import ReportPlan, plan_from_yaml
 
-        for i, analysis in enumerate(report):
-            with f.entry():
-                f.one_of(analysis, f"report[{i}]", tuple(ANALYSES))
+    plan = ReportPlan((), {})
+    with f.entry():
+        plan = plan_from_yaml(raw.get("report"), str(path))
+    report = list(plan.analyses)
+    if plan.analyses:
+        # Pre-registered: the digest covers every check's resolved expectation, so changing
+        # one (in the file, or a default in transinv/analyses) makes it another study.
+        raw = {**raw, "report": plan.to_dict()}
     repeat = 1
     with f.entry():
         repeat = f.integer(raw.get("repeat", 1), "repeat", 1)
@@ -362,6 +366,7 @@ def load_space(path: str | Path) -> StudySpec:
         space=space,
         raw=raw,
         report=tuple(report),
+        report_plan=plan,
         repeat=repeat,
         pretrain_cache=pretrain_cache,
         objectives=tuple(objectives),

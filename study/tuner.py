@@ -101,7 +101,7 @@ def open_parent_run(spec: StudySpec, tracker: Tracker) -> str:
             "constraints": constraints.to_json(spec.constraints),
             "resources": f"cpu={spec.cpu} gpu={spec.gpu}",
             "repeat": spec.repeat,
-            "report": ",".join(spec.report),
+            "report": spec.report_plan.to_param() if spec.report_plan else "",
             "pretrain_cache": spec.pretrain_cache,
         },
         tags={f"version.{k}": v for k, v in package_versions().items()},

@@ -1,5 +1,5 @@
-"""The report of finished studies: Markdown with figures, a table per claim saying what was
-measured and whether the paper's claim held, and the same numbers as JSON.
+"""The report of finished studies: Markdown with figures, the checks of each study's
+pre-registered expectations (effect, 95 % CI, p, n, verdict), and the same numbers as JSON.
 
     python -m study report claim5_forgetting --out reports/        # one study
     python -m study report claim1_not_invariant claim5_forgetting   # one report, both studies
@@ -7,13 +7,24 @@ measured and whether the paper's claim held, and the same numbers as JSON.
 `build_report` reads each study from MLflow through `results.py` only, runs the analyses its
 study file names (`report:`; `analyses.py`), and writes
 
-    DIR/report.md              a summary table of every check, then each study's sections
-    DIR/report.json            studies, trial counts, run times, checks with their numbers
+    DIR/report.md              the checks by source (the paper's claims, our hypotheses, the
+                               instrument checks), then each study's sections
+    DIR/report.json            studies, trial counts, run times, checks with their numbers:
+                               source, expectation, min_effect, effect, ci_low, ci_high, p,
+                               p_holm, n, method, verdict, shared_with, run_ids
     DIR/<study>/report.md      that study alone, beside its figures (DIR/<study>/*.png)
 
 With `readme=README.md` it also rewrites the part of that file between the markers
-`<!-- results:begin -->` and `<!-- results:end -->`: the checks, the headline figure of each
-section and the run times, so a project's results section is always the report's own words.
+`<!-- results:begin -->` and `<!-- results:end -->`: the verdicts by source, the checks, the
+headline figure of each section and the run times, so a project's results section is always
+the report's own words.
+
+Statistics (one paragraph, `METHODS`, printed in every report): Welch's t for differences of
+group means, one-sample or paired t for per-run quantities, a seed bootstrap with permutation p
+for rank correlations, an exact binomial test for fractions of runs; Holm's correction over
+each study's `paper` checks, whose verdicts use the adjusted p. Checks resting on some of the
+same trials (same config and seed, in any study: the pretraining cache makes them identical)
+name each other in `shared_with`; checks on exactly the same trials count once in the summary.
 
 and logs each study's folder (its report, figures and JSON) to the study's parent run under
 `report/`, so the MLflow UI shows the report beside the trials it came from.
@@ -21,6 +32,7 @@ and logs each study's folder (its report, figures and JSON) to the study's paren
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -31,13 +43,43 @@ from pathlib import Path
 
 import pandas as pd
 
-from transinv.analyses import ANALYSES, Section, StudyData
+from transinv import stats
+from transinv.analyses import ANALYSES, Check, Section, StudyData, plan_from_param, with_holm
+from transinv.analyses.base import feature_maps, trial_key
+from transinv.analyses.expectations import (
+    CONTRADICTED,
+    HYPOTHESIS,
+    NOT_SHOWN,
+    PAPER,
+    SANITY,
+    VERDICTS,
+    Expectation,
+)
 from transinv.config import ConfigError
 from transinv.results import load_runs, study_info, tracking_uri
 from transinv.tracking import Tracker
 
 HEATMAP_PREFIX = "heatmap_"
-VERDICT_MARK = {"held": "held", "partly": "partly", "not held": "**not held**"}
+VERDICT_MARK = {CONTRADICTED: "**contradicted**", NOT_SHOWN: "not shown"}
+SOURCE_TITLES = {
+    PAPER: "The paper's claims",
+    HYPOTHESIS: "Our hypotheses (not the paper's claims)",
+    SANITY: "Instrument checks (true by construction or preconditions; never claims)",
+}
+METHODS = (
+    "Each check states its pre-registered expectation (direction and minimal effect of "
+    "interest, from the study file's `report:`). Effects come with a 95 % confidence interval "
+    f"and a two-sided p: {stats.WELCH} for two groups of runs; {stats.ONE_SAMPLE} or "
+    f"{stats.PAIRED} for one group; {stats.BOOTSTRAP} for rank correlations; {stats.BINOMIAL} "
+    "for fractions of runs; for `within` (an equivalence claim) p is from two one-sided tests "
+    "against the margin. Verdicts: `held` when p < 0.05 (the CI excludes 0) on the expected "
+    "side and the effect reaches the minimal effect; `not shown` when the CI includes 0 or the "
+    "effect is below the minimal effect; `contradicted` when p < 0.05 on the wrong side; `no "
+    "data` when a group is empty. The `paper` checks of each study are Holm-corrected: their "
+    "verdicts use the adjusted p (column p_holm) in place of p; the CI shown is unadjusted. "
+    "Checks resting on some of the same trials (identical config and seed, in any study) name "
+    "each other in `shared_with`; checks on exactly the same trials count once in the counts."
+)
 
 
 @dataclass
@@ -72,7 +114,8 @@ def load_study(study: str, uri: str) -> tuple[StudyData, dict[str, int], float, 
 
 def analyses_of(info: pd.Series, override: Sequence[str] | None = None) -> list[str]:
     """The analyses to run: `override`, else those the study file names (`report:`)."""
-    names = list(override) if override else [n for n in str(info.get("report", "")).split(",") if n]
+    registered = plan_from_param(str(info.get("report", "") or "")).analyses
+    names = list(override) if override else list(registered)
     unknown = [n for n in names if n not in ANALYSES]
     if unknown:
         raise ConfigError(
@@ -102,7 +145,8 @@ def build_report(
     for study in studies:
         data, counts, wall, trial = load_study(study, uri)
         sections = [ANALYSES[name](data) for name in analyses_of(data.info, analyses)]
-        reports.append(StudyReport(data, sections, counts, wall, trial))
+        reports.append(StudyReport(data, _with_holm(sections), counts, wall, trial))
+    _share(reports)
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     for report in reports:
         folder = out / report.name
@@ -112,15 +156,19 @@ def build_report(
                 figure.savefig(folder / _figure_file(section, name), dpi=100)
         header = f"# transinv report: {report.name}\n\n_Generated {generated} from {uri}._\n\n"
         (folder / "report.md").write_text(header + render_study(report, prefix=""))
-        (folder / "report.json").write_text(json.dumps(_json(report), indent=2, default=_plain))
+        (folder / "report.json").write_text(_dumps(_json(report)))
     summary = render_summary(reports, uri, generated)
     body = "\n".join(render_study(r, prefix=f"{r.name}/") for r in reports)
     (out / "report.md").write_text(summary + body)
     (out / "report.json").write_text(
-        json.dumps(
-            {"generated": generated, "tracking_uri": uri, "studies": [_json(r) for r in reports]},
-            indent=2,
-            default=_plain,
+        _dumps(
+            {
+                "generated": generated,
+                "tracking_uri": uri,
+                "methods": METHODS,
+                "summary": verdict_counts(reports),
+                "studies": [_json(r) for r in reports],
+            }
         )
     )
     if readme is not None:
@@ -130,6 +178,63 @@ def build_report(
         for report in reports:
             tracker.log_folder(report.data.info["run_id"], out / report.name, "report")
     return out / "report.md"
+
+
+def _with_holm(sections: Sequence[Section]) -> list[Section]:
+    """Holm over the study's `paper` checks, across its sections."""
+    checks = with_holm([c for s in sections for c in s.checks])
+    out = []
+    for section in sections:
+        mine, checks = checks[: len(section.checks)], checks[len(section.checks) :]
+        out.append(dataclasses.replace(section, checks=mine))
+    return out
+
+
+def _share(reports: Sequence[StudyReport]) -> None:
+    """Fill each check's `shared_with`: the other checks of the report that rest on some of the
+    same trials (a trial = config and seed, so the same trial run by two studies counts)."""
+    key_of = {
+        run_id: trial_key(row)
+        for report in reports
+        for run_id, row in report.data.runs.set_index("run_id", drop=False).iterrows()
+    }
+    everything = [
+        (
+            report,
+            section,
+            i,
+            f"{report.name}:{check.name}",
+            {key_of.get(r, r) for r in check.run_ids},
+        )
+        for report in reports
+        for section in report.sections
+        for i, check in enumerate(section.checks)
+    ]
+    for _, section, i, name, keys in everything:
+        shared = tuple(o for _, _, _, o, other in everything if o != name and keys & other)
+        section.checks[i] = dataclasses.replace(section.checks[i], shared_with=shared)
+
+
+def _trial_set(report: StudyReport, check: Check) -> frozenset[str]:
+    runs = report.data.runs.set_index("run_id", drop=False)
+    return frozenset(trial_key(runs.loc[r]) if r in runs.index else r for r in check.run_ids)
+
+
+def verdict_counts(reports: Sequence[StudyReport]) -> dict[str, dict[str, int]]:
+    """Verdicts per source; checks with the same source and verdict on exactly the same trials
+    count once (one piece of evidence, however many checks read it)."""
+    seen: set[tuple] = set()
+    counts: dict[str, dict[str, int]] = {s: dict.fromkeys(VERDICTS, 0) for s in SOURCE_TITLES}
+    for report in reports:
+        for section in report.sections:
+            for check in section.checks:
+                trials = _trial_set(report, check)
+                key = (check.source, check.verdict, trials or (report.name, check.name))
+                if key in seen:
+                    continue
+                seen.add(key)
+                counts[check.source][check.verdict] += 1
+    return {s: {v: n for v, n in c.items() if n} for s, c in counts.items()}
 
 
 def _counts(report: StudyReport) -> str:
@@ -152,10 +257,13 @@ def render_summary(reports: Sequence[StudyReport], uri: str, generated: str) -> 
         f"_Generated {generated} from {uri} by `python -m study report "
         f"{' '.join(r.name for r in reports)}`._",
         "",
-        "## The claims, checked",
+        METHODS,
         "",
-        *_checks_table(reports),
+        *_counts_table(reports),
     ]
+    for source, title in SOURCE_TITLES.items():
+        lines += ["", f"## {title}", "", *_checks_table(reports, source)]
+    lines += ["", *_claims_quoted(reports)]
     lines += ["", "| study | trials | wall time | trial time |", "| --- | --- | --- | --- |"]
     for report in reports:
         counts = _counts(report)
@@ -166,16 +274,78 @@ def render_summary(reports: Sequence[StudyReport], uri: str, generated: str) -> 
     return "\n".join(lines) + "\n\n"
 
 
-def _checks_table(reports: Sequence[StudyReport]) -> list[str]:
-    """Every check of every study, one row each."""
-    lines = ["| study | expectation | measured | verdict |", "| --- | --- | --- | --- |"]
+def _counts_table(reports: Sequence[StudyReport]) -> list[str]:
+    counts = verdict_counts(reports)
+    shown = [v for v in VERDICTS if any(v in c for c in counts.values())]
+    lines = [
+        "| source | " + " | ".join(shown) + " |",
+        "| --- | " + " | ".join("---" for _ in shown) + " |",
+    ]
+    for source, c in counts.items():
+        lines.append(f"| {source} | " + " | ".join(str(c.get(v, 0)) for v in shown) + " |")
+    return lines
+
+
+def _expected(check: Check) -> str:
+    return Expectation(check.direction, check.min_effect).text()
+
+
+def _num(value: float, digits: int = 2) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:+.{digits}f}"
+
+
+def _p(value: float) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _check_cells(check: Check) -> str:
+    ci = f"[{_num(check.ci_low)}, {_num(check.ci_high)}]"
+    p = _p(check.p) + (f" (Holm {_p(check.p_holm)})" if check.source == PAPER else "")
+    n = "/".join(map(str, check.n)) or "0"
+    verdict = VERDICT_MARK.get(check.verdict, check.verdict)
+    return (
+        f"`{check.name}` | {_cell(check.expectation)} | {_expected(check)} | "
+        f"{_cell(check.measured)} | {_num(check.effect)} {ci} | {p} | {n} | {verdict} | "
+        f"{len(check.shared_with)} |"
+    )
+
+
+CHECK_HEADER = (
+    "check | expectation | pre-registered | measured | effect [95% CI] | p | n | verdict | "
+    "shares trials with |"
+)
+
+
+def _checks_table(reports: Sequence[StudyReport], source: str) -> list[str]:
+    """Every check of `source` in every study, one row each."""
+    rows = [
+        f"| `{report.name}` | {_check_cells(check)}"
+        for report in reports
+        for section in report.sections
+        for check in section.checks
+        if check.source == source
+    ]
+    if not rows:
+        return ["_(none in these studies)_"]
+    rule = "| --- " * (CHECK_HEADER.count("|") + 1) + "|"
+    return [f"| study | {CHECK_HEADER}", rule, *rows]
+
+
+def _claims_quoted(reports: Sequence[StudyReport]) -> list[str]:
+    """Each paper claim, quoted as ../shared/paper.md states it, with the checks that test it."""
+    claims: dict[str, list[str]] = {}
     for report in reports:
         for section in report.sections:
             for check in section.checks:
-                lines.append(
-                    f"| `{report.name}` | {_cell(check.expectation)} | {_cell(check.measured)} | "
-                    f"{VERDICT_MARK.get(check.verdict, check.verdict)} |"
-                )
+                if check.source == PAPER:
+                    claims.setdefault(check.claim, []).append(f"`{report.name}:{check.name}`")
+    if not claims:
+        return []
+    lines = ["The paper's claims tested here, as the paper's abstracts state them:", ""]
+    for claim, names in claims.items():
+        lines.append(f'- "{claim}" Tested by {", ".join(names)}.')
     return lines
 
 
@@ -194,16 +364,24 @@ def render_study(report: StudyReport, prefix: str) -> str:
         f"Parent run `{info['run_id']}`.",
         "",
     ]
+    maps = feature_maps(runs)
+    if maps:
+        lines += [
+            "Final feature map: " + "; ".join(f"{k}: {v}" for k, v in maps.items()) + ".",
+            "",
+        ]
     for section in report.sections:
         lines += [f"### {section.title}", "", f"*{section.question}*", ""]
         if section.checks:
-            lines += ["| expectation | measured | verdict |", "| --- | --- | --- |"]
+            rule = "| --- " * (CHECK_HEADER.count("|") + 1) + "|"
+            lines += [f"| source | {CHECK_HEADER}", rule]
             for check in section.checks:
-                verdict = VERDICT_MARK.get(check.verdict, check.verdict)
-                lines.append(
-                    f"| {_cell(check.expectation)} | {_cell(check.measured)} | {verdict} |"
-                )
+                lines.append(f"| {check.source} | {_check_cells(check)}")
             lines.append("")
+            shared = [c for c in section.checks if c.shared_with]
+            for check in shared:
+                lines.append(f"- `{check.name}` shares trials with {', '.join(check.shared_with)}.")
+            lines += [""] if shared else []
         for note in section.notes:
             lines += [note, ""]
         for title, table in section.tables:
@@ -281,9 +459,16 @@ def render_readme(reports: Sequence[StudyReport], figures: Path, generated: str)
         f"<!-- written by `python -m study report {names} --out {figures} --readme ...` on "
         f"{generated}; edits here are overwritten -->",
         "",
-        *_checks_table(reports),
+        METHODS,
+        "",
+        "Verdicts by source (checks on exactly the same trials count once):",
+        "",
+        *_counts_table(reports),
         "",
     ]
+    for source, title in SOURCE_TITLES.items():
+        lines += [f"**{title}**", "", *_checks_table(reports, source), ""]
+    lines += [*_claims_quoted(reports), ""]
     images = [
         (report, section)
         for report in reports
@@ -299,19 +484,6 @@ def render_readme(reports: Sequence[StudyReport], figures: Path, generated: str)
         lines.append(f"| `{report.name}` | {counts} | {_duration(report.wall_s)} |")
     total = sum(r.wall_s for r in reports if math.isfinite(r.wall_s))
     lines.append(f"| all | {sum(sum(r.counts.values()) for r in reports)} | {_duration(total)} |")
-    misses = [
-        (report, check)
-        for report in reports
-        for section in report.sections
-        for check in section.checks
-        if check.verdict in ("not held", "partly")
-    ]
-    if misses:
-        lines += ["", "Where the expectation did not hold, or only partly:", ""]
-        for report, check in misses:
-            lines.append(
-                f"- `{report.name}`: {check.expectation}: {check.measured} ({check.verdict})."
-            )
     return "\n".join(lines) + "\n"
 
 
@@ -332,6 +504,7 @@ def _json(report: StudyReport) -> dict:
                 "analysis": s.analysis,
                 "title": s.title,
                 "checks": [asdict(c) for c in s.checks],
+                "method_note": METHODS if s.checks else "",
                 "tables": [
                     {"title": t, "rows": table.to_dict(orient="records")} for t, table in s.tables
                 ],
@@ -341,6 +514,23 @@ def _json(report: StudyReport) -> dict:
             for s in report.sections
         ],
     }
+
+
+def _dumps(data: object) -> str:
+    """Strict JSON: NaN and infinities become null (json would write bare NaN)."""
+    return json.dumps(_finite(data), indent=2, default=_plain, allow_nan=False)
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str):
+        return _finite(value.item())
+    return value
 
 
 def _plain(value: object) -> object:

@@ -3,6 +3,7 @@ learned invariance (2), coverage controls (3), head and stride (6), and the zoo.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -10,24 +11,129 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from transinv import metrics, plots, study_plots
+from transinv import metrics, plots, stats, study_plots
+from transinv.analyses import expectations as ex
 from transinv.analyses.base import (
     NEAR_CHANCE_RATIO,
     Section,
     StudyData,
+    against,
     chance_of,
-    compare,
     condition_labels,
     condition_table,
+    difference,
     g_at_start_column,
-    level,
-    mean_std,
+    invariance_level,
+    missing,
+    own_task,
     register,
     representation_layer,
+    unique_trials,
     with_g_at_start,
 )
 from transinv.choices import MODELS
 from transinv.regimes import point_to_pixel
+
+LEARNED_TRAINED = ex.declare(
+    "not_invariant.learned_trained",
+    ex.SANITY,
+    "the network learned the trained location (a precondition, not a claim)",
+    "acc@trained - 0.9",
+    ex.GREATER,
+    0.0,
+)
+NEAR_CHANCE = ex.declare(
+    "not_invariant.near_chance",
+    ex.PAPER,
+    "trained from scratch at one location, a CNN is near chance elsewhere",
+    f"transfer ratio - {NEAR_CHANCE_RATIO} (the 'not invariant' level)",
+    ex.LESS,
+    0.0,
+    ex.CLAIM_NOT_INVARIANT,
+)
+FRACTION_HURTS = ex.declare(
+    "not_invariant.fraction_shift_hurts",
+    ex.HYPOTHESIS,
+    "[PILOT] even a shift of a fraction of an item width hurts",
+    "per run, acc@trained - accuracy at centres 1/4-1/2 item away",
+    ex.GREATER,
+    0.1,
+)
+TRANSFER_LEARNED = ex.declare(
+    "transfer.learned",
+    ex.PAPER,
+    "fully translated pretraining on set A lets new items of set B learned at one location be "
+    "recognised elsewhere",
+    "transfer ratio, pretrained - vanilla",
+    ex.GREATER,
+    NEAR_CHANCE_RATIO,
+    ex.CLAIM_LEARNED_SIMPLE,
+)
+CONTROL_BELOW_WHOLE = ex.declare(
+    "coverage_controls.below_whole",
+    ex.PAPER,
+    "a control pretraining (canvas covered, items not translated) gives less invariance than "
+    "`whole`",
+    "transfer ratio, whole - control",
+    ex.GREATER,
+    NEAR_CHANCE_RATIO,
+    ex.CLAIM_COVERAGE,
+)
+CONTROL_LIKE_VANILLA = ex.declare(
+    "coverage_controls.like_vanilla",
+    ex.PAPER,
+    "a control pretraining gives no invariance: its transfer ratio is within the margin of "
+    "vanilla's",
+    "transfer ratio, control - vanilla",
+    ex.WITHIN,
+    NEAR_CHANCE_RATIO,
+    ex.CLAIM_COVERAGE,
+)
+GAP_VANILLA = ex.declare(
+    "head_and_stride.gap_vanilla",
+    ex.HYPOTHESIS,
+    "[PILOT] a GAP head is more invariant than a flatten head, even vanilla",
+    "acc@untrained, vanilla GAP - vanilla flatten",
+    ex.GREATER,
+    0.05,
+)
+ALIGNED_OVERSTATES = ex.declare(
+    "head_and_stride.aligned_overstates",
+    ex.HYPOTHESIS,
+    "[PILOT] with a GAP head, stride-aligned centres overstate invariance",
+    "per GAP run, acc@untrained aligned - unaligned",
+    ex.GREATER,
+    0.02,
+)
+ARCH_VANILLA = ex.declare(
+    "architectures.vanilla_not_invariant",
+    ex.PAPER,
+    "a vanilla network is near chance at untrained locations",
+    f"vanilla transfer ratio - {NEAR_CHANCE_RATIO}",
+    ex.LESS,
+    0.0,
+    ex.CLAIM_NOT_INVARIANT,
+)
+ARCH_LEARNS = ex.declare(
+    "architectures.learns_invariance",
+    ex.PAPER,
+    "every architecture can learn invariance from fully translated pretraining",
+    "transfer ratio, pretrained - vanilla",
+    ex.GREATER,
+    NEAR_CHANCE_RATIO,
+    ex.CLAIM_EVERY_ARCH,
+)
+OWN_TASK = {
+    name: ex.declare(
+        f"{name}.pretraining_learned",
+        ex.SANITY,
+        "the pretraining learned its own task (a control that did not is no control)",
+        "pretrain/acc at the end of pretraining - 0.5",
+        ex.GREATER,
+        0.0,
+    )
+    for name in ("transfer", "coverage_controls", "architectures")
+}
 
 # ---------------------------------------------------------------------------------------------
 # Claim 1: not architecturally invariant.
@@ -54,24 +160,9 @@ def not_invariant(study: StudyData) -> Section:
     ]
     table = condition_table(runs, by, columns)
     section.tables.append(("Accuracy at and away from the trained location", table))
+    section.checks.append(against(study, LEARNED_TRAINED, "", runs, runs[metrics.ACC_TRAINED], 0.9))
     section.checks.append(
-        level(
-            runs[metrics.ACC_TRAINED],
-            0.9,
-            "learned at the trained location (acc@trained >= 0.9)",
-            "acc@trained",
-            above=True,
-        )
-    )
-    section.checks.append(
-        level(
-            runs[metrics.TRANSFER_RATIO],
-            NEAR_CHANCE_RATIO,
-            f"near chance ({chance:.2f}) at untrained locations: transfer ratio below "
-            f"{NEAR_CHANCE_RATIO}",
-            f"acc@untrained {mean_std(runs[metrics.ACC_UNTRAINED])}; transfer ratio",
-            above=False,
-        )
+        against(study, NEAR_CHANCE, "", runs, runs[metrics.TRANSFER_RATIO], NEAR_CHANCE_RATIO)
     )
     falloff = _falloff(study)
     if not falloff.empty:
@@ -86,17 +177,22 @@ def not_invariant(study: StudyData) -> Section:
         near = falloff[
             (falloff["shift (item widths)"] > 0.25) & (falloff["shift (item widths)"] <= 0.5)
         ]
-        at = falloff[falloff["shift (item widths)"] <= 0.25]
+        near = near.groupby("run_id")["accuracy"].mean()
+        trained = runs.set_index("run_id")[metrics.ACC_TRAINED]
+        shared = near.index.intersection(trained.index)
         section.checks.append(
-            compare(
-                at.groupby("run_id")["accuracy"].mean(),
-                near.groupby("run_id")["accuracy"].mean(),
-                "even a shift of a fraction of an item width hurts (within 1/4 item vs 1/4-1/2 "
-                "item away)",
-                "accuracy within 1/4 item vs at 1/4-1/2 item",
-                margin=0.1,
+            against(
+                study,
+                FRACTION_HURTS,
+                "",
+                runs[runs["run_id"].isin(shared)],
+                trained[shared] - near[shared],
+                0.0,
+                stats.PAIRED,
             )
         )
+    else:
+        section.checks.append(missing(study, FRACTION_HURTS, "", "no final grids"))
     for name, fig in _mean_heatmaps(study, chance).items():
         section.figures[name] = fig
     return section
@@ -107,7 +203,9 @@ def _trained_px(row: pd.Series) -> tuple[int, int]:
 
 
 def _falloff(study: StudyData) -> pd.DataFrame:
-    """Per run and shift bin: mean accuracy of the final grid's centres in that bin."""
+    """Per run and shift bin: mean accuracy of the final grid's centres in that bin. The
+    trained centre is its own bin (shift 0, acc@trained); grid centres at shift 0 are left out
+    of the bins, so no centre counts twice."""
     grids = study.grids
     if grids.empty:
         return pd.DataFrame()
@@ -117,7 +215,7 @@ def _falloff(study: StudyData) -> pd.DataFrame:
         run = geometry.loc[run_id]
         tx, ty = _trained_px(run)
         shift = np.hypot(cells["x"] - tx, cells["y"] - ty) / run["canvas.item_size"]
-        bins = pd.cut(shift, SHIFT_BINS, include_lowest=True, right=True)
+        bins = pd.cut(shift, SHIFT_BINS, include_lowest=False, right=True)  # (0, 0.25], ...
         for interval, acc in cells["acc"].groupby(bins, observed=True):
             rows.append(
                 {
@@ -195,19 +293,14 @@ def transfer(study: StudyData) -> Section:
         runs, "finetune.dataset", metrics.ACC_UNTRAINED, "pretrain.dataset", chance_of(runs)
     )
     for target, rows in runs.groupby("finetune.dataset", sort=True):
-        vanilla = rows[rows["pretrain.dataset"] == "none"]
+        vanilla = unique_trials(rows[rows["pretrain.dataset"] == "none"])
         for source, pretrained in rows[rows["pretrain.dataset"] != "none"].groupby(
             "pretrain.dataset", sort=True
         ):
             section.checks.append(
-                compare(
-                    pretrained[metrics.ACC_UNTRAINED],
-                    vanilla[metrics.ACC_UNTRAINED],
-                    f"pretraining on {source} raises acc@untrained on new {target} items above "
-                    "vanilla",
-                    f"{source} -> {target} vs vanilla -> {target}, acc@untrained",
-                )
+                _learned(study, TRANSFER_LEARNED, f"{source} -> {target}", pretrained, vanilla)
             )
+    own_task(study, section, OWN_TASK["transfer"], ["pretrain.dataset"])
     section.figures.update(_mean_heatmaps(study, chance_of(study.runs)))
     return section
 
@@ -231,24 +324,37 @@ def coverage_controls(study: StudyData) -> Section:
     frame = with_g_at_start(study, layer)
     g0 = g_at_start_column(layer)
     columns = [metrics.ACC_TRAINED, metrics.ACC_UNTRAINED, metrics.invariance_key("G", layer or "")]
-    table = condition_table(frame, ["pretrain.regime"], [*columns, g0])
+    by = [k for k in ("pretrain.dataset", "pretrain.regime") if k in study.conditions] or [
+        "pretrain.regime"
+    ]
+    columns.insert(2, metrics.TRANSFER_RATIO)
+    table = condition_table(unique_trials(frame), by, [*columns, g0])
     section.tables.append(("By pretraining regime", table))
     section.figures["coverage.png"] = study_plots.condition_bars(
         runs, "pretrain.regime", metrics.ACC_UNTRAINED, chance=chance_of(runs)
     )
-    whole = runs[runs["pretrain.regime"] == "whole"]
+    pretrained = runs[runs["pretrain.dataset"] != "none"] if "pretrain.dataset" in runs else runs
+    vanilla = (
+        unique_trials(runs[runs["pretrain.dataset"] == "none"])
+        if "pretrain.dataset" in (runs)
+        else runs.iloc[:0]
+    )
+    whole = pretrained[pretrained["pretrain.regime"] == "whole"]
+    ratio = metrics.TRANSFER_RATIO
     for control in CONTROL_REGIMES:
-        rows = runs[runs["pretrain.regime"] == control]
+        rows = pretrained[pretrained["pretrain.regime"] == control]
         if rows.empty:
             continue
-        section.checks.append(
-            compare(
-                whole[metrics.ACC_UNTRAINED],
-                rows[metrics.ACC_UNTRAINED],
-                f"`{control}` pretraining gives less invariance than `whole`",
-                f"whole vs {control}, acc@untrained",
+        section.checks.append(difference(study, CONTROL_BELOW_WHOLE, control, whole, rows, ratio))
+        if vanilla.empty:
+            section.checks.append(
+                missing(study, CONTROL_LIKE_VANILLA, control, "no vanilla trials in this study")
             )
-        )
+        else:
+            section.checks.append(
+                difference(study, CONTROL_LIKE_VANILLA, control, rows, vanilla, ratio)
+            )
+    own_task(study, section, OWN_TASK["coverage_controls"], ["pretrain.regime"])
     section.figures.update(_mean_heatmaps(study, chance_of(study.runs)))
     return section
 
@@ -292,24 +398,17 @@ def head_and_stride(study: StudyData) -> Section:
     gap = runs[runs["model.arch"].isin(MODELS.names(head="gap"))]
     flat = runs[runs["model.arch"].isin(MODELS.names(head="flatten"))]
     section.checks.append(
-        compare(
-            gap.loc[gap["pretrain.dataset"] == "none", metrics.ACC_UNTRAINED],
-            flat.loc[flat["pretrain.dataset"] == "none", metrics.ACC_UNTRAINED],
-            "a GAP head is more invariant than a flatten head, even vanilla",
-            "acc@untrained, vanilla GAP vs vanilla flatten",
+        difference(
+            study,
+            GAP_VANILLA,
+            "",
+            gap[gap["pretrain.dataset"] == "none"],
+            flat[flat["pretrain.dataset"] == "none"],
+            metrics.ACC_UNTRAINED,
         )
     )
     inflation = gap[metrics.ACC_UNTRAINED_ALIGNED] - gap[metrics.ACC_UNTRAINED_UNALIGNED]
-    section.checks.append(
-        level(
-            inflation,
-            0.0,
-            "with a GAP head, stride-aligned centres overstate invariance",
-            "acc@untrained aligned - unaligned, GAP trials",
-            above=True,
-            margin=0.02,
-        )
-    )
+    section.checks.append(against(study, ALIGNED_OVERSTATES, "", gap, inflation, 0.0, stats.PAIRED))
     section.figures.update(_mean_heatmaps(study, chance_of(study.runs)))
     return section
 
@@ -341,28 +440,21 @@ def architectures(study: StudyData) -> Section:
     )
     for arch, rows in runs.groupby("model.arch", sort=True):
         vanilla = rows[rows["pretrain.dataset"] == "none"]
-        section.checks.append(
-            level(
-                vanilla[metrics.TRANSFER_RATIO],
-                NEAR_CHANCE_RATIO,
-                f"vanilla {arch} is near chance at untrained locations",
-                f"{arch} vanilla transfer ratio",
-                above=False,
-            )
-        )
+        ratio = vanilla[metrics.TRANSFER_RATIO]
+        section.checks.append(against(study, ARCH_VANILLA, arch, vanilla, ratio, NEAR_CHANCE_RATIO))
         sources = rows[rows["pretrain.dataset"] != "none"].groupby("pretrain.dataset", sort=True)
         for source, pretrained in sources:
-            how = (
-                "ImageNet weights teach"
-                if source == "imagenet"
-                else f"pretraining on {source} teaches"
-            )
-            section.checks.append(
-                compare(
-                    pretrained[metrics.ACC_UNTRAINED],
-                    vanilla[metrics.ACC_UNTRAINED],
-                    f"{how} {arch} invariance",
-                    f"{arch} acc@untrained, {source} vs vanilla",
-                )
-            )
+            label = f"{arch}, {source}"
+            section.checks.append(_learned(study, ARCH_LEARNS, label, pretrained, vanilla))
+    own_task(study, section, OWN_TASK["architectures"], ["model.arch", "pretrain.dataset"])
     return section
+
+
+def _learned(
+    study: StudyData, check_id: str, label: str, pretrained: pd.DataFrame, vanilla: pd.DataFrame
+):
+    """'Can learn to be invariant', in the paper's terms: the transfer ratio of pretrained runs
+    above vanilla's, with the level of invariance the pretrained ratio reaches."""
+    check = difference(study, check_id, label, pretrained, vanilla, metrics.TRANSFER_RATIO)
+    level = invariance_level(pretrained[metrics.TRANSFER_RATIO])
+    return dataclasses.replace(check, level=level, measured=f"{check.measured}; {level}")

@@ -1,36 +1,75 @@
 """The vocabulary of the analyses: what a check and a section are, the study data they read
-(through `results.py` only), the registry, and the rules that turn numbers into verdicts."""
+(through `results.py` only), the registry, and the helpers that turn groups of runs into
+checks (an estimate from `stats.py`, judged by `expectations.verdict` against the study's
+pre-registered expectation), with Holm's correction over a study's `paper` checks."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from transinv import metrics, plots
+from transinv import metrics, plots, stats
+from transinv.analyses import expectations as ex
+from transinv.config import KEY_TYPES, format_value
 from transinv.results import curves, final_grids, summarize, varying_keys, with_config
 
-MARGIN = 0.05
-"""Smallest difference (in accuracy or G) that counts as an effect."""
 NEAR_CHANCE_RATIO = 0.1
-"""A transfer ratio below this is 'near chance' away from the trained location."""
-
-HELD, PARTLY, NOT_HELD, NO_DATA, MEASURED = "held", "partly", "not held", "no data", "measured"
+"""A transfer ratio below this is 'not invariant' (near chance away from the trained place)."""
+LARGELY_RATIO = 0.5
+"""A transfer ratio from this up is 'largely invariant'; between the two, 'partly'."""
+LEARNED_OWN_TASK = 0.5
+"""A pretraining (or the trained location) that reaches this accuracy on its own task learned
+it: a control that did not is no control."""
 
 
 @dataclass(frozen=True)
 class Check:
-    """One expectation and what the study says of it."""
+    """One pre-registered expectation and what the study says of it (report.json's fields)."""
 
+    id: str
+    """The registered check (`expectations.CHECKS`), e.g. `transfer.learned`."""
+    label: str
+    """Which instance: `glyphs -> mnist`, `lr=0.001`; empty when there is one."""
+    source: str
     expectation: str
+    claim: str
+    direction: str
+    min_effect: float
     measured: str
     verdict: str
+    effect: float = math.nan
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    p: float = math.nan
+    """p of the check's own test (two-sided t, or TOST for `within`), unadjusted."""
+    p_holm: float = math.nan
+    """Holm-adjusted over the study's `paper` checks (NaN for other sources)."""
+    n: tuple[int, ...] = ()
+    """Runs per group."""
+    method: str = ""
+    run_ids: tuple[str, ...] = ()
+    shared_with: tuple[str, ...] = ()
+    """Other checks of the report resting on some of the same trials (`study:check[label]`)."""
+    level: str = ""
+    """For transfer-ratio checks: the level of invariance the 95 % CI reaches."""
     values: dict[str, float] = field(default_factory=dict)
-    """The numbers behind the verdict (report.json carries them; tests compare them)."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.id}[{self.label}]" if self.label else self.id
+
+    @property
+    def estimate(self) -> stats.Estimate:
+        return stats.Estimate(
+            self.effect, self.ci_low, self.ci_high, self.p, self.n, self.method, self.values
+        )
 
 
 @dataclass
@@ -60,6 +99,11 @@ class StudyData:
     """`results.load_runs` of the study, FINISHED trials only."""
     info: pd.Series
     """`results.study_info`: the parent run."""
+
+    @cached_property
+    def plan(self) -> ex.ReportPlan:
+        """The expectations registered at launch (the parent run's `report` param)."""
+        return ex.plan_from_param(str(self.info.get("report", "") or ""))
 
     @cached_property
     def conditions(self) -> list[str]:
@@ -103,7 +147,7 @@ def register(name: str) -> Callable[[Analysis], Analysis]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Numbers and verdicts.
+# Numbers, checks and verdicts.
 
 
 def mean_std(values: pd.Series) -> str:
@@ -115,70 +159,189 @@ def mean_std(values: pd.Series) -> str:
     return f"{values.mean():.2f} ± {std:.2f} (n={len(values)})"
 
 
-def _se(values: pd.Series) -> float:
-    return float(values.std() / math.sqrt(len(values))) if len(values) > 1 else 0.0
-
-
-def _verdict(effect: float, se: float, margin: float) -> str:
-    """The one rule: an effect in the expected direction beyond both the margin and two
-    standard errors is held; in the right direction only, partly."""
-    return HELD if effect > max(margin, 2 * se) else PARTLY if effect > 0 else NOT_HELD
-
-
-def compare(
-    higher: pd.Series, lower: pd.Series, expectation: str, what: str, margin: float = MARGIN
+def judge(
+    study: StudyData,
+    check_id: str,
+    label: str,
+    estimate: stats.Estimate,
+    run_ids: Sequence[str],
+    measured: str,
+    level: str = "",
 ) -> Check:
-    """Expect mean(higher) > mean(lower): held if the gap beats the margin and two standard
-    errors (Welch), partly if only its sign is right."""
-    higher, lower = higher.dropna(), lower.dropna()
-    if higher.empty or lower.empty:
-        return Check(expectation, f"{what}: missing trials", NO_DATA)
-    diff = float(higher.mean() - lower.mean())
-    se = math.hypot(_se(higher), _se(lower))
-    verdict = _verdict(diff, se, margin)
-    measured = f"{what}: {mean_std(higher)} vs {mean_std(lower)}; difference {diff:+.2f}"
-    values = {
-        "higher_mean": float(higher.mean()),
-        "lower_mean": float(lower.mean()),
-        "difference": diff,
-        "se": se,
-        "n_higher": len(higher),
-        "n_lower": len(lower),
-    }
-    return Check(expectation, measured, verdict, values)
+    """A check from its estimate, judged against the study's registered expectation."""
+    spec = ex.CHECKS[check_id]
+    expectation = study.plan.expectation(check_id)
+    p = ex.test_p(expectation, estimate)
+    text = f"{spec.expectation} ({label})" if label else spec.expectation
+    values = {k: float(v) for k, v in estimate.extra.items()}
+    return Check(
+        id=check_id,
+        label=label,
+        source=spec.source,
+        expectation=text,
+        claim=spec.claim,
+        direction=expectation.direction,
+        min_effect=expectation.min_effect,
+        measured=f"{spec.effect}: {measured}" if measured else spec.effect,
+        verdict=ex.verdict(expectation, estimate, p),
+        effect=estimate.effect,
+        ci_low=estimate.ci_low,
+        ci_high=estimate.ci_high,
+        p=p,
+        n=tuple(int(k) for k in estimate.n),
+        method=estimate.method,
+        run_ids=tuple(sorted(set(map(str, run_ids)))),
+        level=level,
+        values=values,
+    )
 
 
-def level(
+def _ids(*frames: pd.DataFrame) -> list[str]:
+    return [r for f in frames if "run_id" in f for r in f["run_id"].dropna()]
+
+
+def difference(
+    study: StudyData, check_id: str, label: str, a: pd.DataFrame, b: pd.DataFrame, column: str
+) -> Check:
+    """mean of `column` over runs `a` minus over runs `b` (Welch)."""
+    x, y = _column(a, column), _column(b, column)
+    estimate = stats.welch(x, y)
+    return judge(study, check_id, label, estimate, _ids(a, b), f"{mean_std(x)} vs {mean_std(y)}")
+
+
+def against(
+    study: StudyData,
+    check_id: str,
+    label: str,
+    rows: pd.DataFrame,
     values: pd.Series,
-    bound: float,
-    expectation: str,
-    what: str,
-    above: bool,
-    margin: float = 0.0,
+    reference: float,
+    method: str = stats.ONE_SAMPLE,
 ) -> Check:
-    """Expect mean(values) above (or below) `bound`: held if beyond it by more than both the
-    margin and two standard errors, partly if only the mean is beyond it."""
-    values = values.dropna()
-    if values.empty:
-        return Check(expectation, f"{what}: missing trials", NO_DATA)
-    mean, se = float(values.mean()), _se(values)
-    beyond = (mean - bound) if above else (bound - mean)
-    verdict = _verdict(beyond, se, margin)
-    measured = f"{what}: {mean_std(values)} ({'>' if above else '<'} {bound:.2f} expected)"
-    return Check(expectation, measured, verdict, {"mean": mean, "se": se, "n": len(values)})
+    """mean of per-run `values` (indexed like `rows`) minus `reference` (one-sample or, for
+    per-run differences, paired t)."""
+    values = pd.Series(values, dtype="float64")
+    estimate = stats.one_sample(values, reference, method)
+    measured = mean_std(values) + (f" vs {reference:g}" if reference else "")
+    return judge(study, check_id, label, estimate, _ids(rows), measured)
 
 
-def trend(frame: pd.DataFrame, x: str, y: str, expectation: str, what: str) -> Check:
-    """Spearman rank correlation of y with x over trials; `measured` (beyond the paper)."""
-    data = frame[[x, y]].dropna()
-    if len(data) < 3 or data[x].nunique() < 2:
-        return Check(expectation, f"{what}: too few trials", NO_DATA)
-    rho = float(data[x].rank().corr(data[y].rank()))
-    means = data.groupby(x)[y].mean()
-    lo, hi = means.index[0], means.index[-1]
-    span = f"{means.iloc[0]:.2f} at {x} = {lo:g} to {means.iloc[-1]:.2f} at {hi:g}"
-    measured = f"{what}: Spearman rho {rho:+.2f} over {len(data)} trials; mean {span}"
-    return Check(expectation, measured, MEASURED, {"rho": rho, "n": len(data)})
+def _column(rows: pd.DataFrame, column: str) -> pd.Series:
+    if column not in rows:
+        return pd.Series(dtype="float64")
+    return pd.to_numeric(rows[column], errors="coerce").dropna()
+
+
+def missing(study: StudyData, check_id: str, label: str, why: str) -> Check:
+    """A check the study lacks the trials for."""
+    empty = stats.Estimate(math.nan, math.nan, math.nan, math.nan, (0,), "")
+    return judge(study, check_id, label, empty, [], why)
+
+
+def invariance_level(ratios: pd.Series) -> str:
+    """The level of invariance the transfer ratio's 95 % CI reaches: `largely invariant` (CI
+    low >= 0.5), `partly invariant` (CI low >= 0.1), `not invariant` (CI high < 0.1), else
+    `not determined`; with the mean and CI."""
+    estimate = stats.one_sample(pd.Series(ratios, dtype="float64").dropna())
+    if estimate.empty or math.isnan(estimate.ci_low):
+        return "not determined (fewer than 2 runs)"
+    if estimate.ci_low >= LARGELY_RATIO:
+        name = "largely invariant"
+    elif estimate.ci_low >= NEAR_CHANCE_RATIO:
+        name = "partly invariant"
+    elif estimate.ci_high < NEAR_CHANCE_RATIO:
+        name = "not invariant"
+    else:
+        name = "not determined"
+    mean = estimate.extra["mean"]
+    return f"{name} (ratio {mean:.2f}, 95% CI {estimate.ci_low:.2f} to {estimate.ci_high:.2f})"
+
+
+def with_holm(checks: Sequence[Check]) -> list[Check]:
+    """Holm's correction over the `paper` checks among `checks` (one study's): each gets
+    `p_holm`, and its verdict is judged on `p_holm` instead of p (the CI shown stays the
+    unadjusted 95 % interval)."""
+    paper = [i for i, c in enumerate(checks) if c.source == ex.PAPER]
+    adjusted = stats.holm([checks[i].p for i in paper])
+    out = list(checks)
+    for i, p_holm in zip(paper, adjusted, strict=True):
+        check = checks[i]
+        expectation = ex.Expectation(check.direction, check.min_effect)
+        verdict = ex.verdict(expectation, check.estimate, p_holm)
+        out[i] = dataclasses.replace(check, p_holm=p_holm, verdict=verdict)
+    return out
+
+
+def trial_key(row: pd.Series) -> str:
+    """What makes a trial the trial it is: its config, seed included, without `run.*` keys
+    (threads, not results) and, for a vanilla start, without the pretraining keys it ignores.
+    Runs of different studies with the same key are the same trial run twice (the pretraining
+    cache and the seeds make them identical)."""
+    vanilla = row.get("pretrain.dataset") == "none"
+    keys = [
+        k
+        for k in KEY_TYPES
+        if k in row.index
+        and not k.startswith("run.")
+        and not (vanilla and k.startswith("pretrain.") and k != "pretrain.dataset")
+    ]
+    return ";".join(f"{k}={format_value(row[k])}" for k in sorted(keys) if _present(row[k]))
+
+
+def _present(value: object) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value))
+
+
+def unique_trials(rows: pd.DataFrame) -> pd.DataFrame:
+    """`rows` with one run per trial key (a grid that crosses a vanilla start with pretraining
+    keys runs the same vanilla trial several times: it counts once)."""
+    if rows.empty:
+        return rows
+    keys = rows.apply(trial_key, axis=1)
+    return rows[~keys.duplicated()]
+
+
+def own_task(study: StudyData, section: Section, check_id: str, by: Sequence[str]) -> None:
+    """Each pretraining condition's accuracy on its own task at the end of pretraining
+    (`pretrain/acc`, held-out items under its regime): a table, and a sanity check per
+    condition. Trials sharing one pretraining (same condition and seed) count once."""
+    runs = study.runs
+    if metrics.PRETRAIN_ACC not in runs or "pretrain.dataset" not in runs:
+        return
+    by = [k for k in by if k in runs]
+    pretrained = runs[runs["pretrain.dataset"] != "none"]
+    pretrained = pretrained.drop_duplicates([*by, "seed"]) if "seed" in runs else pretrained
+    if pretrained.empty:
+        return
+    section.tables.append(
+        (
+            "Pretraining on its own task (pretrain/acc at the end of pretraining)",
+            condition_table(pretrained, by, [metrics.PRETRAIN_ACC]),
+        )
+    )
+    groups = pretrained.groupby(by, sort=True) if by else [((), pretrained)]
+    for values, rows in groups:
+        values = values if isinstance(values, tuple) else (values,)
+        label = ", ".join(map(str, values))
+        acc = rows[metrics.PRETRAIN_ACC]
+        section.checks.append(against(study, check_id, label, rows, acc, LEARNED_OWN_TASK))
+
+
+def feature_maps(runs: pd.DataFrame) -> dict[str, str]:
+    """Each architecture's final feature map at its canvas, from its registered total stride:
+    `small_cnn at 64 px: 8x8 (stride 8)`."""
+    from transinv.choices import MODELS
+
+    out: dict[str, str] = {}
+    if "model.arch" not in runs or "canvas.size" not in runs:
+        return out
+    for (arch, size), _ in runs.groupby(["model.arch", "canvas.size"], sort=True):
+        if arch not in MODELS:
+            continue
+        stride = int(MODELS.facts(arch)["stride"])
+        side = int(size) // stride
+        out[f"{arch} at {int(size)} px"] = f"{side}x{side} (total stride {stride})"
+    return out
 
 
 def chance_of(runs: pd.DataFrame) -> float:

@@ -8,23 +8,80 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from transinv import metrics, plots, study_plots
+from transinv import metrics, plots, stats, study_plots
+from transinv.analyses import expectations as ex
 from transinv.analyses.base import (
-    MEASURED,
-    NO_DATA,
-    Check,
     Section,
     StudyData,
     chance_of,
     condition_table,
     g_at_start_column,
+    judge,
+    missing,
+    own_task,
     register,
     representation_layer,
-    trend,
     with_g_at_start,
 )
 from transinv.constraints import Constraint, from_json
 from transinv.results import best_regimes
+
+DOSE_GROWS = ex.declare(
+    "dose_response.grows",
+    ex.HYPOTHESIS,
+    "invariance grows with the pretraining translation range",
+    "Spearman rho of final acc@untrained with r",
+    ex.GREATER,
+    0.3,
+)
+DOSE_OWN_TASK = ex.declare(
+    "dose_response.pretraining_learned",
+    ex.SANITY,
+    "the pretraining learned its own task",
+    "pretrain/acc at the end of pretraining - 0.5",
+    ex.GREATER,
+    0.0,
+)
+LONGER_MORE = ex.declare(
+    "duration.longer_more",
+    ex.HYPOTHESIS,
+    "longer pretraining, more invariance after finetuning",
+    "Spearman rho of final acc@untrained with pretraining steps",
+    ex.GREATER,
+    0.3,
+)
+PEAKS_EARLY = ex.declare(
+    "duration.peaks_early",
+    ex.HYPOTHESIS,
+    "[PILOT] acc@untrained often (in more than half the runs) peaks before the end of "
+    "finetuning; a run counts only if its peak is strictly above its final value (ties do not)",
+    "fraction of runs with peak > final - 0.5",
+    ex.GREATER,
+    0.0,
+)
+BEST_REGIME = ex.declare(
+    "regime_search.best",
+    ex.HYPOTHESIS,
+    "the best regime (highest mean acc@untrained with the constraints met)",
+    "mean acc@untrained of the best regime",
+    ex.NONE,
+    0.0,
+)
+
+
+def trend(study: StudyData, check_id: str, label: str, frame: pd.DataFrame, x: str, y: str):
+    """Spearman's rho of y with x over runs, bootstrap CI over runs, permutation p."""
+    data = frame[["run_id", x, y]].dropna()
+    estimate = stats.spearman(data[x].to_numpy(float), data[y].to_numpy(float))
+    means = data.groupby(x)[y].mean()
+    span = (
+        f"mean {means.iloc[0]:.2f} at {x} = {means.index[0]:g} to {means.iloc[-1]:.2f} at "
+        f"{means.index[-1]:g}; rho {estimate.effect:+.2f} over {len(data)} runs"
+        if len(means) > 1
+        else "fewer than two values of x"
+    )
+    return judge(study, check_id, label, estimate, data["run_id"], span)
+
 
 # ---------------------------------------------------------------------------------------------
 # Beyond the paper.
@@ -55,15 +112,8 @@ def dose_response(study: StudyData) -> Section:
             frame, x, g0, group, "new items before finetuning"
         )
     for arch, rows in frame.groupby(group) if group else [("all", frame)]:
-        section.checks.append(
-            trend(
-                rows,
-                x,
-                metrics.ACC_UNTRAINED,
-                f"invariance grows with the translation range ({arch})",
-                f"{arch}: acc@untrained vs r",
-            )
-        )
+        section.checks.append(trend(study, DOSE_GROWS, str(arch), rows, x, metrics.ACC_UNTRAINED))
+    own_task(study, section, DOSE_OWN_TASK, [k for k in (group, x) if k])
     return section
 
 
@@ -80,7 +130,8 @@ def duration(study: StudyData) -> Section:
     keys = [metrics.ACC_UNTRAINED, metrics.invariance_key("G", layer)]
     long = study.curves(keys)
     if long.empty or "pretrain.steps" not in long:
-        section.checks.append(Check("duration surface", "no curves", NO_DATA))
+        for check_id in (LONGER_MORE, PEAKS_EARLY):
+            section.checks.append(missing(study, check_id, "", "no curves"))
         return section
     long = long.rename(columns={"step": "finetune step"})
     for key in keys:
@@ -96,25 +147,19 @@ def duration(study: StudyData) -> Section:
         )
     )
     section.checks.append(
-        trend(
-            runs,
-            "pretrain.steps",
-            metrics.ACC_UNTRAINED,
-            "longer pretraining, more invariance after finetuning",
-            "final acc@untrained vs pretraining steps",
-        )
+        trend(study, LONGER_MORE, "", runs, "pretrain.steps", metrics.ACC_UNTRAINED)
     )
-    peak = metrics.peak_step_key(metrics.ACC_UNTRAINED)
-    if peak in runs:
-        early = (runs[peak] < runs["finetune.steps"]).mean()
-        section.checks.append(
-            Check(
-                "untrained-location accuracy often peaks before the end of finetuning",
-                f"{early:.0%} of {len(runs)} trials peak before their last step",
-                MEASURED,
-                {"fraction_early": float(early), "n": len(runs)},
-            )
-        )
+    drop = metrics.drop_key(metrics.ACC_UNTRAINED)
+    if drop in runs:
+        # peak - final is 0 for a curve whose maximum is (also) its last point: a tie is not an
+        # early peak. Accuracies are counts over the same items, so ties are exact.
+        drops = runs[drop].dropna()
+        early = int((drops > 1e-9).sum())
+        estimate = stats.fraction(early, len(drops), 0.5)
+        measured = f"{early} of {len(drops)} runs peak strictly above their final value"
+        section.checks.append(judge(study, PEAKS_EARLY, "", estimate, runs["run_id"], measured))
+    else:
+        section.checks.append(missing(study, PEAKS_EARLY, "", f"no {drop}"))
     return section
 
 
@@ -140,20 +185,23 @@ def regime_search(study: StudyData) -> Section:
         "each suggestion in launch order, its seeds as dots",
     )
     if table.empty:
-        section.checks.append(Check("a regime satisfies the constraints", "none does", NO_DATA))
+        section.checks.append(missing(study, BEST_REGIME, "", "no regime meets the constraints"))
         return section
     best = table.iloc[0]
     regime = ", ".join(f"{k}={plots._tick(best[k])}" for k in by)
     spread = f"{best['mean']:.2f} ± {0.0 if math.isnan(best['std']) else best['std']:.2f}"
-    section.checks.append(
-        Check(
-            "the best regime (highest mean acc@untrained with the constraints met)",
-            f"{regime}: acc@untrained {spread} over seeds {best.get('seeds', '?')} "
-            f"(n={int(best['n'])})",
-            MEASURED,
-            {"mean": float(best["mean"]), "std": float(best["std"]), "n": int(best["n"])},
-        )
+    n = int(best["n"])
+    estimate = stats.Estimate(
+        float(best["mean"]),
+        math.nan,
+        math.nan,
+        math.nan,
+        (n,),
+        "mean over seeds",
+        {"mean": float(best["mean"]), "std": float(best["std"])},
     )
+    measured = f"{regime}: {spread} over seeds {best.get('seeds', '?')} (n={n})"
+    section.checks.append(judge(study, BEST_REGIME, "", estimate, [], measured))
     return section
 
 

@@ -7,20 +7,118 @@ import math
 
 import pandas as pd
 
-from transinv import metrics, study_plots
+from transinv import metrics, stats, study_plots
+from transinv.analyses import expectations as ex
 from transinv.analyses.base import (
-    MARGIN,
-    NO_DATA,
-    Check,
     Section,
     StudyData,
+    against,
     at_step,
-    compare,
     condition_labels,
     condition_table,
-    level,
+    difference,
+    missing,
     register,
     representation_layer,
+    unique_trials,
+)
+
+G_VS_VANILLA = ex.declare(
+    "representations.g_vs_vanilla",
+    ex.PAPER,
+    "before finetuning, G of new items in the representation layer is higher after fully "
+    "translated pretraining than for a vanilla network",
+    "G(representation layer) at finetuning step 0, fully translated - vanilla",
+    ex.GREATER,
+    0.1,
+    ex.CLAIM_REPRESENTATIONS,
+)
+G_VS_CONTROL = ex.declare(
+    "representations.g_vs_control",
+    ex.HYPOTHESIS,
+    "[PILOT] before finetuning, G in the representation layer is higher after fully "
+    "translated pretraining than after a pretraining that translates no item",
+    "G(representation layer) at finetuning step 0, fully translated - other pretraining",
+    ex.GREATER,
+    0.1,
+)
+CONV_EQUIVARIANT = ex.declare(
+    "representations.conv_equivariant",
+    ex.SANITY,
+    "flattened conv maps are equivariant, not invariant: G(last conv) near 0 at shifts of an "
+    "item width or more (close to true by construction)",
+    "G(last conv) at finetuning step 0, all runs",
+    ex.WITHIN,
+    0.1,
+)
+G_FALLS = ex.declare(
+    "forgetting.g_falls",
+    ex.PAPER,
+    "with all layers trainable, G of new items in the representation layer falls over finetuning",
+    "per run, final G - G at finetuning step 0 (freeze=none)",
+    ex.LESS,
+    0.05,
+    ex.CLAIM_FORGETTING,
+)
+TRUNK_ERASES = ex.declare(
+    "forgetting.trunk_training_erases",
+    ex.PAPER,
+    "training the trunk at one location replaces the invariant features: final acc@untrained "
+    "is higher when only the head trains than when all layers train",
+    "final acc@untrained, freeze=all_but_head - freeze=none",
+    ex.GREATER,
+    0.1,
+    ex.CLAIM_FORGETTING,
+)
+ACC_FALLS = ex.declare(
+    "forgetting.acc_untrained_falls",
+    ex.PAPER,
+    "with all layers trainable, acc@untrained falls from its peak more than when only the "
+    "head trains (the same statistic, the trunk unchanged, as the null)",
+    "acc@untrained peak - final, freeze=none - freeze=all_but_head",
+    ex.GREATER,
+    0.05,
+    ex.CLAIM_FORGETTING,
+)
+PRETRAIN_FORGOTTEN = ex.declare(
+    "forgetting.pretrain_task_forgotten",
+    ex.HYPOTHESIS,
+    "[PILOT] the pretraining task is forgotten with all layers trainable",
+    "per run, final - step-0 pretraining-task accuracy (freeze=none)",
+    ex.LESS,
+    0.05,
+)
+LOWER_LR = ex.declare(
+    "forgetting.lower_lr_smaller_fall",
+    ex.HYPOTHESIS,
+    "[PILOT] a lower learning rate gives a smaller fall of G",
+    "fall of G (step 0 - final), higher lr - lower lr (freeze=none)",
+    ex.GREATER,
+    0.05,
+)
+CONV_LARGEST = ex.declare(
+    "forgetting.frozen_conv_largest_fall",
+    ex.HYPOTHESIS,
+    "[PILOT] frozen convs with trainable FC layers give the largest fall of G",
+    "fall of G (step 0 - final), freeze=conv - the other trainable mode",
+    ex.GREATER,
+    0.05,
+)
+HEAD_KEEPS = ex.declare(
+    "forgetting.head_only_keeps_g",
+    ex.SANITY,
+    "training only the head keeps G (true by construction: the trunk is frozen, in eval mode)",
+    "fall of G (step 0 - final), freeze=all_but_head",
+    ex.WITHIN,
+    0.02,
+)
+HEAD_UNDERFITS = ex.declare(
+    "forgetting.head_only_underfits",
+    ex.HYPOTHESIS,
+    "[PILOT] training only the head under-fits the trained location",
+    "final acc@trained, freeze=none - freeze=all_but_head",
+    ex.GREATER,
+    0.05,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -41,7 +139,8 @@ def representations(study: StudyData) -> Section:
     layers = list(layer_of.values())
     start = at_step(study.curves(list(layer_of)))
     if start.empty:
-        section.checks.append(Check("G per layer before finetuning", "no curves", NO_DATA))
+        for check_id in (G_VS_VANILLA, CONV_EQUIVARIANT):
+            section.checks.append(missing(study, check_id, "", "no G curves"))
         return section
     by = study.conditions
     start = start.assign(layer=start["key"].map(layer_of), condition=condition_labels(start, by))
@@ -65,29 +164,23 @@ def representations(study: StudyData) -> Section:
     if layer and translated.any():
         at_layer = start[start["layer"] == layer]
         flags = translated.loc[at_layer.index]
+        vanilla = (
+            at_layer["pretrain.dataset"].eq("none")
+            if "pretrain.dataset" in at_layer
+            else (pd.Series(False, index=at_layer.index))
+        )
         for name, reference in at_layer[flags].groupby("condition"):
             for other, rows in at_layer[~flags].groupby("condition"):
-                section.checks.append(
-                    compare(
-                        reference["value"],
-                        rows["value"],
-                        f"G({layer}) before finetuning is higher after fully translated "
-                        f"pretraining ({name}) than for {other}",
-                        f"G({layer}) {name} vs {other}",
-                    )
-                )
+                is_vanilla = bool(vanilla.loc[rows.index].all())
+                check_id = G_VS_VANILLA if is_vanilla else G_VS_CONTROL
+                rows = _one_per_trial(study, rows) if is_vanilla else rows
+                label = f"{name} vs {other}"
+                section.checks.append(difference(study, check_id, label, reference, rows, "value"))
         convs = [name for name in layers if name.startswith("conv")]
         if convs:
-            last = start[start["layer"] == convs[-1]]["value"]
+            last = start[start["layer"] == convs[-1]]
             section.checks.append(
-                level(
-                    last.abs(),
-                    0.1,
-                    f"flattened conv maps ({convs[-1]}) are equivariant, not invariant: |G| near "
-                    "0 in every condition",
-                    f"|G({convs[-1]})|",
-                    above=False,
-                )
+                against(study, CONV_EQUIVARIANT, convs[-1], last, last["value"], 0.0)
             )
         baseline = start[~translated]
         gaps = (
@@ -105,6 +198,13 @@ def representations(study: StudyData) -> Section:
             )
         )
     return section
+
+
+def _one_per_trial(study: StudyData, rows: pd.DataFrame) -> pd.DataFrame:
+    """Curve rows of runs that are distinct trials (vanilla trials crossed with pretraining
+    keys repeat)."""
+    keep = unique_trials(study.runs[study.runs["run_id"].isin(rows["run_id"])])["run_id"]
+    return rows[rows["run_id"].isin(keep)]
 
 
 def _fully_translated(frame: pd.DataFrame) -> pd.Series:
@@ -139,7 +239,8 @@ def forgetting(study: StudyData) -> Section:
     long = study.curves(keys)
     by = [k for k in ("finetune.freeze", "finetune.lr", "optim.lr") if k in study.conditions]
     if long.empty:
-        section.checks.append(Check("forgetting curves", "no curves", NO_DATA))
+        for check_id in (G_FALLS, TRUNK_ERASES, ACC_FALLS):
+            section.checks.append(missing(study, check_id, "", "no curves"))
         return section
     long = long.assign(condition=condition_labels(long, by))
     for key in keys:
@@ -149,83 +250,93 @@ def forgetting(study: StudyData) -> Section:
             curve, "finetuning step", key, "condition", "over finetuning"
         )
     section.headline = f"{g.replace('/', '_')}.png"
-    drops = [metrics.drop_key(k) for k in keys[:3]]
+    # Changes from finetuning step 0 (before any finetuning) to the end: signed, unlike the
+    # peak - final drops, which cannot be negative.
+    frame = runs.copy()
+    for key in (g, metrics.FORGETTING_PRETRAIN_ACC):
+        frame[_change(key)] = frame["run_id"].map(_final_minus_start(long, key))
+    fall = f"fall of G({layer})"
+    frame[fall] = -frame[_change(g)]
+    drop = metrics.drop_key(metrics.ACC_UNTRAINED)
     section.tables.append(
         (
-            "Forgetting (peak - final) and final accuracy",
-            condition_table(study.runs, by, [*drops, metrics.ACC_TRAINED, g]),
+            "Change over finetuning (final - step 0), peak - final of acc@untrained, final "
+            "accuracy",
+            condition_table(
+                frame,
+                by,
+                [
+                    _change(g),
+                    _change(metrics.FORGETTING_PRETRAIN_ACC),
+                    drop,
+                    metrics.ACC_UNTRAINED,
+                    metrics.ACC_TRAINED,
+                ],
+            ),
         )
     )
-    g_drop = metrics.drop_key(g)
     lr = next((k for k in ("finetune.lr", "optim.lr") if k in runs and runs[k].nunique() > 1), None)
     rates = sorted(runs[lr].unique(), reverse=True) if lr else [None]
 
     def rows(freeze: str, rate: object = rates[0]) -> pd.DataFrame:
-        out = runs[runs["finetune.freeze"] == freeze] if "finetune.freeze" in runs else runs
+        out = frame[frame["finetune.freeze"] == freeze] if "finetune.freeze" in frame else frame
         return out if lr is None else out[out[lr] == rate]
 
+    def at(rate: object) -> str:
+        return "" if lr is None else f"{lr.split('.')[-1]}={rate:g}"
+
+    for rate in rates:
+        trainable, head = rows("none", rate), rows("all_but_head", rate)
+        section.checks.append(
+            against(study, G_FALLS, at(rate), trainable, trainable[_change(g)], 0.0, stats.PAIRED)
+        )
+        if head.empty:
+            for check_id in (TRUNK_ERASES, ACC_FALLS):
+                section.checks.append(missing(study, check_id, at(rate), "no head-only runs"))
+            continue
+        section.checks.append(
+            difference(study, TRUNK_ERASES, at(rate), head, trainable, metrics.ACC_UNTRAINED)
+        )
+        section.checks.append(difference(study, ACC_FALLS, at(rate), trainable, head, drop))
     trainable = rows("none")
+    change = trainable[_change(metrics.FORGETTING_PRETRAIN_ACC)]
     section.checks.append(
-        level(
-            trainable[g_drop],
-            0.0,
-            f"with all layers trainable, G({layer}) falls over finetuning",
-            f"G({layer}) drop (peak - final), freeze=none",
-            above=True,
-            margin=MARGIN,
-        )
-    )
-    section.checks.append(
-        level(
-            trainable[metrics.drop_key(metrics.FORGETTING_PRETRAIN_ACC)],
-            0.0,
-            "the pretraining task is forgotten (its accuracy falls)",
-            "pretraining-task accuracy drop, freeze=none",
-            above=True,
-            margin=MARGIN,
-        )
+        against(study, PRETRAIN_FORGOTTEN, at(rates[0]), trainable, change, 0.0, stats.PAIRED)
     )
     if lr is not None:
-        slow = rows("none", rates[-1])
+        label = f"{lr}={rates[0]:g} vs {rates[-1]:g}"
         section.checks.append(
-            compare(
-                trainable[g_drop],
-                slow[g_drop],
-                f"a lower learning rate gives a smaller fall of G({layer})",
-                f"G({layer}) drop at {lr}={rates[0]:g} vs {rates[-1]:g}",
-            )
+            difference(study, LOWER_LR, label, trainable, rows("none", rates[-1]), fall)
         )
-    if "finetune.freeze" in runs:
+    if "finetune.freeze" in frame:
         conv = rows("conv")
-        others = runs[(runs["finetune.freeze"] != "conv")]
-        others = others if lr is None else others[others[lr] == rates[0]]
-        if not conv.empty:
-            section.checks.append(
-                compare(
-                    conv[g_drop],
-                    others[g_drop],
-                    f"frozen convs with trainable FC layers give the largest fall of G({layer})",
-                    f"G({layer}) drop, freeze=conv vs the other modes",
+        # Head-only runs keep G by construction: they never enter this comparison.
+        for other in ("none", "fc"):
+            if not conv.empty and not rows(other).empty:
+                label = f"conv vs {other}, {at(rates[0])}".rstrip(", ")
+                section.checks.append(
+                    difference(study, CONV_LARGEST, label, conv, rows(other), fall)
                 )
-            )
         head = rows("all_but_head")
         if not head.empty:
             section.checks.append(
-                level(
-                    head[g_drop],
-                    0.02,
-                    f"training only the head keeps G({layer})",
-                    f"G({layer}) drop, freeze=all_but_head",
-                    above=False,
-                )
+                against(study, HEAD_KEEPS, at(rates[0]), head, head[fall], 0.0, stats.PAIRED)
             )
             section.checks.append(
-                compare(
-                    trainable[metrics.ACC_TRAINED],
-                    head[metrics.ACC_TRAINED],
-                    "training only the head under-fits the trained location",
-                    "acc@trained, freeze=none vs all_but_head",
-                    margin=0.0,
+                difference(
+                    study, HEAD_UNDERFITS, at(rates[0]), trainable, head, metrics.ACC_TRAINED
                 )
             )
     return section
+
+
+def _change(key: str) -> str:
+    return f"{key} final - step 0"
+
+
+def _final_minus_start(long: pd.DataFrame, key: str) -> pd.Series:
+    """Per run: the curve's last value minus its value at finetuning step 0."""
+    curve = long[long["key"] == key].sort_values("step")
+    by_run = curve.groupby("run_id")
+    start = curve[curve["step"] == 0].set_index("run_id")["value"]
+    return by_run["value"].last() - start
