@@ -138,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
             if not outcome.complete:
                 print(
-                    f"interrupted: run `python -m study run {' '.join(args.space)}` again to "
+                    f"interrupted: run `{study_command()} run {' '.join(args.space)}` again to "
                     "resume",
                     file=sys.stderr,
                 )
@@ -146,14 +146,26 @@ def cmd_run(args: argparse.Namespace) -> int:
             if outcome.errored:
                 code = EXIT_FAILED
     names = " ".join(spec.name for spec in specs)
-    print(f"browse: python -m study ui   then open the study {specs[0].name!r}")
+    cmd = study_command()
+    print(f"browse: {cmd} ui   then open the study {specs[0].name!r}")
     if specs[0].multi_objective:
-        print(f"front:  python -m study best {specs[0].name} --pareto")
+        print(f"front:  {cmd} best {specs[0].name} --pareto")
     else:
-        print(f"best:   python -m study best {specs[0].name} --metric {specs[0].objective}")
+        print(f"best:   {cmd} best {specs[0].name} --metric {specs[0].objective}")
     if any(spec.report for spec in specs):
-        print(f"report: python -m study report {names}")
+        print(f"report: {cmd} report {names}")
     return code
+
+
+def study_command() -> str:
+    """`python -m study` as the user can type it again: the interpreter they ran, relative to
+    the current folder where it lies below it (`.venv/bin/python -m study`)."""
+    exe = Path(sys.executable)
+    try:
+        exe = exe.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return f"{exe} -m study"
 
 
 def _dry_run(spec) -> int:
@@ -321,6 +333,9 @@ def cmd_export_optuna(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+STUDY_HELP = "study name (the `study:` key of its file)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m study", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -339,12 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Tune storage: a shared path or URI (default: state dir)")
     p.add_argument("--dry-run", action="store_true", help="print the trials, run nothing")
     p = add("ui", cmd_ui, "serve the local MLflow UI")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: 5000)")
     add("list", cmd_list, "list studies")
     p = add("status", cmd_status, "trials of a study and their status")
-    p.add_argument("study")
+    p.add_argument("study", help=STUDY_HELP)
     p = add("best", cmd_best, "conditions ranked by a metric, with spread over seeds")
-    p.add_argument("study")
+    p.add_argument("study", help=STUDY_HELP)
     p.add_argument("--metric", help="metric to rank by (not with --pareto)")
     p.add_argument(
         "--by",
@@ -365,23 +380,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--objective", action="append", help="METRIC:max|min for --pareto (default: the study's)"
     )
     p = add("importance", cmd_importance, "how much each config key moves a metric")
-    p.add_argument("study")
+    p.add_argument("study", help=STUDY_HELP)
     p.add_argument("--metric", help="default: each of the study's objectives")
     p.add_argument("--mode", choices=("max", "min"), default="max", help="with --metric")
     p.add_argument("--params", nargs="+", help="config keys (default: those that vary)")
     p.add_argument("--objective", action="append", help=argparse.SUPPRESS)
     p = add("report", cmd_report, "Markdown report with figures of finished studies")
-    p.add_argument("studies", nargs="+", metavar="STUDY")
+    p.add_argument("studies", nargs="+", metavar="STUDY", help="study names, reported together")
     p.add_argument("--out", default="reports", help="folder for report.md and figures")
     p.add_argument("--analysis", nargs="+", help="analyses to run instead of the study file's")
     p.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     p.add_argument("--readme", help="also rewrite the results section of this Markdown file")
     p = add("profile", cmd_profile, "where a study's time went, from its runs in MLflow")
-    p.add_argument("study")
+    p.add_argument("study", help=STUDY_HELP)
     p = add("export-optuna", cmd_export_optuna, "copy a study's Optuna trials to a storage")
-    p.add_argument("study")
+    p.add_argument("study", help=STUDY_HELP)
     p.add_argument("--storage", help="Tune storage the study ran in (default: state dir)")
-    p.add_argument("--storage-url", default="sqlite:///optuna.db")
+    p.add_argument(
+        "--storage-url", default="sqlite:///optuna.db", help="Optuna storage to copy into"
+    )
     return parser
 
 

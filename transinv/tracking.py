@@ -115,7 +115,8 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
     """Raise TrackingError within about `timeout_s` unless the server answers a real API call.
 
     `/health` alone answers even when the API is refused (e.g. a Host-header check), so an
-    experiments search follows it.
+    experiments search follows it. A refused connection is an answer, not a delay: nothing
+    listens there, so it fails at once (a caller waiting for a server it started retries).
     """
     uri = check_uri(uri)
     deadline = time.monotonic() + timeout_s
@@ -142,10 +143,14 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
             ) from exc
         except (OSError, urllib.error.URLError) as exc:
             last = exc
+            if isinstance(getattr(exc, "reason", exc), ConnectionRefusedError):
+                break
             time.sleep(0.25)
+    refused = isinstance(getattr(last, "reason", last), ConnectionRefusedError)
     raise TrackingError(
-        f"MLflow server at {uri} is unreachable ({last}); start it, or omit --tracking-uri "
-        "to let `python -m study run` start a local one"
+        f"MLflow server at {uri} is unreachable "
+        + ("(connection refused: nothing listens there)" if refused else f"({last})")
+        + "; start it, or omit --tracking-uri to let `python -m study run` start a local one"
     )
 
 
