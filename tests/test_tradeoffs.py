@@ -97,3 +97,106 @@ def test_importance_ranks_a_planted_key_above_seed_and_a_null_key():
     assert "seed" in set(importance(pd.DataFrame(rows), UP, params=["finetune.lr"])["param"])
     with pytest.raises(ConfigError, match="2 or more"):
         importance(pd.DataFrame(rows[:1]), UP)
+
+
+def test_importance_and_pareto_figures_draw_what_the_tables_hold(tmp_path):
+    from transinv.study_plots import importance_bars, pareto_scatter
+
+    table = pd.DataFrame(
+        {"param": ["finetune.lr", "seed", "pretrain.dataset"], "ped_anova": [0.9, 0.06, 0.04],
+         "fanova": [0.8, 0.15, 0.05]}
+    )  # fmt: skip
+    fig = importance_bars(table)
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes] == ["PED-ANOVA", "fANOVA"]
+    widths = [bar.get_width() for bar in axes[1].patches]
+    assert widths == [0.05, 0.15, 0.8]  # first key on top
+    assert axes[1].lines[0].get_xdata()[0] == 0.15  # the seed line
+    fig.savefig(tmp_path / "importance.png")
+
+    frame = runs([("glyphs", 0.001, 0.8, 0.3), ("mnist", 0.001, 0.6, 0.1),
+                  ("omniglot", 0.001, 0.5, 0.35)])  # fmt: skip
+    conditions = pareto(frame, [(UP, "max"), (DOWN, "min")], dominated=True)
+    fig = pareto_scatter(conditions, UP, DOWN, label="pretrain.dataset")
+    ax = fig.get_axes()[0]
+    assert "front (2)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {t.get_text() for t in ax.texts} == {"glyphs", "mnist"}
+    assert "(min; mean ± std)" in ax.get_ylabel()
+    fig.savefig(tmp_path / "pareto.png")
+
+
+OBJECTIVES = f"objectives: [{{metric: {UP}, mode: max}}, {{metric: {DOWN}, mode: min}}]"
+
+
+@pytest.fixture(scope="module")
+def tradeoff_study(tmp_path_factory, tracking_uri):
+    """A 4-trial two-objective NSGA-II study with a constraint, run once through the CLI."""
+    from test_study import SPACE, driver, finish
+
+    tmp = tmp_path_factory.mktemp("tradeoff")
+    text = SPACE.format(
+        name="tradeoff", sampler="nsga2, startup: 2", samples=4, pretrain_steps=20,
+        finetune_steps=20,
+        space="  pretrain.translation: {choice: [0.0, 1.0]}\n"
+              "  finetune.freeze: {choice: [none, all_but_head]}",
+    )  # fmt: skip
+    text = text.replace("objective: {metric: finetune/acc_untrained, mode: max}", OBJECTIVES)
+    text = text.replace("fixed:\n", "constraints: ['finetune/acc_trained >= 0.0']\nfixed:\n")
+    text = text.replace("  model.arch:", "  pretrain.dataset: glyphs\n  model.arch:")
+    space = tmp / "tradeoff.yaml"
+    space.write_text(text)
+    code, out = finish(driver(space, tracking_uri, tmp / "home"))
+    assert code == 0, out
+    assert "4 of 4 trials finished" in out and "--pareto" in out
+    return tmp / "home"
+
+
+def test_best_pareto_and_importance_answer_through_the_cli(tradeoff_study, tracking_uri, capsys):
+    from study import cli
+
+    base = ["--tracking-uri", tracking_uri]
+    assert cli.main(["best", "tradeoff", "--pareto", *base]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front of tradeoff" in out and "±" in out
+    assert f"{UP} (max)" in out and f"{DOWN} (min)" in out
+    assert cli.main(["importance", "tradeoff", *base]) == 0
+    out = capsys.readouterr().out
+    assert f"importance for max {UP} over 4 trials" in out and f"min {DOWN}" in out
+    assert "seed" in out and "ped_anova" in out and "fanova" in out
+    assert cli.main(["best", "tradeoff", *base]) == 2  # no --metric and no --pareto
+    assert "--metric" in capsys.readouterr().err
+
+
+def test_parent_run_keeps_the_front_and_export_keeps_both_directions(
+    tradeoff_study, tracking_uri, tmp_path, monkeypatch
+):
+    import json
+
+    import optuna
+    from mlflow import MlflowClient
+
+    from study import cli
+    from study.tuner import PARETO_ARTIFACT
+    from transinv.results import load_runs, study_info
+
+    info = study_info("tradeoff", tracking_uri)
+    assert study_objectives(info) == [(UP, "max"), (DOWN, "min")]
+    path = MlflowClient(tracking_uri).download_artifacts(info["run_id"], PARETO_ARTIFACT, tmp_path)
+    table = json.loads(open(path).read())
+    front = pareto(load_runs("tradeoff", tracking_uri), [(UP, "max"), (DOWN, "min")])
+    assert f"{UP} mean" in table["columns"] and len(table["data"]) == len(front) >= 1
+
+    monkeypatch.setenv("TRANSINV_HOME", str(tradeoff_study))
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert cli.main(["export-optuna", "tradeoff", "--storage-url", url]) == 0
+    exported = optuna.load_study(study_name="tradeoff", storage=url)
+    assert exported.directions == [
+        optuna.study.StudyDirection.MAXIMIZE,
+        optuna.study.StudyDirection.MINIMIZE,
+    ]
+    assert len(exported.trials) == 4
+    assert all(t.constraints == {"finetune/acc_trained >= 0": 0.0} for t in exported.trials)
+    values = [tuple(t.values) for t in exported.trials]
+    best = {tuple(t.values) for t in exported.best_trials}
+    assert best and best == {v for v, keep in zip(values, pareto_mask(
+        np.array(values) * [1, -1]), strict=True) if keep}  # fmt: skip

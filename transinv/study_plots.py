@@ -212,3 +212,69 @@ def _order(value: object) -> tuple[int, object]:
     if isinstance(value, int | float | np.number):
         return (0, float(value))
     return (1, str(value))
+
+
+def importance_bars(table: pd.DataFrame, title: str = "") -> Figure:
+    """One horizontal bar chart per importance evaluator (`results.importance`: columns
+    `param`, `ped_anova`, `fanova`), keys in the table's order, `seed` (the null reference) in
+    grey with a dashed line at its importance: a key below that line is noise at this budget."""
+    evaluators = [c for c in ("ped_anova", "fanova") if c in table.columns]
+    _require_columns(table, ["param", *evaluators])
+    fig = Figure(figsize=(4.2 * max(1, len(evaluators)), 0.45 * len(table) + 1.8))
+    fig.set_layout_engine("constrained")
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(evaluators)), sharey=True))
+    metric = table.attrs.get("metric", "")
+    fig.suptitle(_title(f"importance for {metric}".strip(), title))
+    if table.empty or not evaluators:
+        _no_data(axes[0], "no importances")
+        return fig
+    rows = table.iloc[::-1]  # the first key on top
+    colours = ["0.6" if p == "seed" else OKABE_ITO[0] for p in rows["param"]]
+    for ax, evaluator in zip(axes, evaluators, strict=False):
+        ax.barh(range(len(rows)), rows[evaluator], color=colours)
+        seed = rows.loc[rows["param"] == "seed", evaluator]
+        if len(seed):
+            ax.axvline(float(seed.iloc[0]), color="0.35", linestyle="--", linewidth=1)
+        ax.set_title({"ped_anova": "PED-ANOVA", "fanova": "fANOVA"}[evaluator])
+        ax.set_xlabel("importance (normalized)")
+        ax.set_yticks(range(len(rows)), list(rows["param"]))
+        ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def pareto_scatter(
+    conditions: pd.DataFrame, x: str, y: str, label: str | None = None, title: str = ""
+) -> Figure:
+    """Two objectives of `results.pareto(..., dominated=True)`: every condition at its means
+    with std whiskers, the front highlighted and joined; `label` (a condition key) names the
+    front's points."""
+    columns = [f"{x} mean", f"{y} mean", "pareto"]
+    _require_columns(conditions, columns + ([label] if label else []))
+    modes = dict(conditions.attrs.get("objectives", []))
+    fig = Figure(figsize=(6.8, 5.0), layout="constrained")
+    ax = fig.subplots()
+    ax.set_title(_title("Pareto front", title))
+    ax.set_xlabel(f"{x} ({modes.get(x, '?')}; mean ± std)")
+    ax.set_ylabel(f"{y} ({modes.get(y, '?')}; mean ± std)")
+    if conditions.empty:
+        _no_data(ax, "no conditions")
+        return fig
+    for on_front, colour, name in ((False, "0.65", "dominated"), (True, OKABE_ITO[3], "front")):
+        rows = conditions[conditions["pareto"] == on_front]
+        if rows.empty:
+            continue
+        ax.errorbar(
+            rows[f"{x} mean"], rows[f"{y} mean"],
+            xerr=rows.get(f"{x} std"), yerr=rows.get(f"{y} std"),
+            fmt="o", color=colour, ecolor=colour, alpha=0.9 if on_front else 0.6,
+            capsize=2, linewidth=1, label=f"{name} ({len(rows)})",
+        )  # fmt: skip
+    front = conditions[conditions["pareto"]].sort_values(f"{x} mean")
+    ax.plot(front[f"{x} mean"], front[f"{y} mean"], color=OKABE_ITO[3], linewidth=1)
+    if label:
+        for _, row in front.iterrows():
+            ax.annotate(_tick(row[label]), (row[f"{x} mean"], row[f"{y} mean"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return fig
