@@ -210,7 +210,9 @@ def load_space(path: str | Path) -> StudySpec:
                 ok = sampler in STARTUP_SAMPLERS
                 hint = f"only with sampler {', '.join(STARTUP_SAMPLERS)}"
                 f.check(ok, "search.startup", f"startup with sampler {sampler}", hint)
-                startup = f.integer(search["startup"], "search.startup", 1)
+                # NSGA-II's population (its random first generation) needs two parents.
+                low = 2 if sampler == "nsga2" else 1
+                startup = f.integer(search["startup"], "search.startup", low)
         for option in ("multivariate", "constant_liar"):
             with f.entry():
                 if option in search:
