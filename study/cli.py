@@ -10,6 +10,7 @@
     python -m study export-optuna smoke --storage-url sqlite:///optuna.db
     python -m study report claim5_forgetting --out reports/   # Markdown + figures from MLflow
     python -m study profile claim5_forgetting           # where the study's time went
+    python -m study profile claim5_forgetting           # where the study's time went
 
 With no --tracking-uri (nor MLFLOW_TRACKING_URI), commands use a local MLflow server on
 127.0.0.1 whose runs and artifacts live in the state directory ($TRANSINV_HOME, default
@@ -323,6 +324,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from transinv.study_cost import format_cost, study_cost
+
+    with tracking(args.tracking_uri) as uri:
+        print(format_cost(study_cost(args.study, uri)))
+    return EXIT_OK
+
+
 def cmd_export_optuna(args: argparse.Namespace) -> int:
     from study.export import export_optuna
 
@@ -393,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readme", help="also rewrite the results section of this Markdown file")
     p = add("profile", cmd_profile, "where a study's time went, from its runs in MLflow")
     p.add_argument("study", help=STUDY_HELP)
+    p = add("profile", cmd_profile, "where a study's time went, from its runs in MLflow")
+    p.add_argument("study")
     p = add("export-optuna", cmd_export_optuna, "copy a study's Optuna trials to a storage")
     p.add_argument("study", help=STUDY_HELP)
     p.add_argument("--storage", help="Tune storage the study ran in (default: state dir)")
