@@ -3,6 +3,7 @@ pretraining, each trial pretraining itself vs all but the first loading it, side
 
     .venv/bin/python benchmarks/bench_pretrain_cache.py                   # ~9 min on 2 cores
     .venv/bin/python benchmarks/bench_pretrain_cache.py --pretrain-steps 1000 --rounds 1
+    .venv/bin/python benchmarks/bench_pretrain_cache.py --quick    # ~15 s, a smoke check
 
 Trials are the small budget's (search_spaces/base/small_budget.yaml) on one thread, in this
 process, one after another, rounds alternating between the two contenders; each round uses a
@@ -26,6 +27,15 @@ from transinv.trainer import run_trial
 
 PROJECT = Path(__file__).resolve().parents[1]
 FREEZE_MODES = ("none", "conv", "fc", "all_but_head")
+TINY = {  # --quick: trials of a second or two with every part of a real one
+    "model.arch": "tiny_cnn",
+    "canvas.size": 32,
+    "canvas.item_size": 8,
+    "finetune.steps": 30,
+    "eval.items": 16,
+    "eval.pretrain_items": 32,
+    "eval.grid_step": 0.25,
+}
 
 
 def trials(base: dict, cache: str) -> tuple[float, list[dict]]:
@@ -47,9 +57,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--pretrain-steps", type=int, default=400)
+    parser.add_argument("--quick", action="store_true", help="tiny trials, 1 round: a smoke check")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.pretrain_steps = 1, 40
     budget = yaml.safe_load((PROJECT / "search_spaces/base/small_budget.yaml").read_text())
-    base = {**budget["fixed"], "pretrain.steps": args.pretrain_steps, "run.threads": 1}
+    base = {**budget["fixed"], **(TINY if args.quick else {})}
+    base.update({"pretrain.steps": args.pretrain_steps, "run.threads": 1})
     print(f"{len(FREEZE_MODES)} finetunings of one {args.pretrain_steps}-step pretraining")
     plain, cached = [], []
     for r in range(args.rounds):

@@ -23,7 +23,7 @@ import torch
 from ray import tune
 from ray.tune.search.repeater import TRIAL_INDEX
 
-from study.space import StudySpec, active_params, trial_config
+from study.space import StudySpec, active_params, run_name, trial_config
 from transinv import metrics
 from transinv.config import to_flat
 from transinv.runlog import RunLog
@@ -96,6 +96,7 @@ def train(config: dict[str, Any], study: StudyContext) -> None:
         to_flat(trial),
         tags={TAG_PARAMS: ",".join([*active_params(spec, config), *seeded])},
         run_id=run_id,
+        run_name=run_name(spec, config, trial.seed),
     )
     # Where this attempt runs: a killed worker's retry shows up as a new pid (and node).
     tracker.set_tags(
@@ -109,7 +110,7 @@ def train(config: dict[str, Any], study: StudyContext) -> None:
     log = RunLog(tracker, run_id, pending)
 
     def on_eval(evaluation: Evaluation, state: TrainState) -> None:
-        log.on_eval(evaluation)
+        log.on_eval(evaluation, state.setup.grid)
         with tempfile.TemporaryDirectory() as d:
             torch.save(state.checkpoint(), Path(d) / STATE_FILE)
             meta = {"run_id": run_id, "pending": log.unconfirmed()}

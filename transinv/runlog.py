@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from transinv import metrics, plots
+from transinv.evaluation import TestGrid
 from transinv.tracking import Tracker, TrackingError, TrackingQueue
 from transinv.trainer import Evaluation, TrialResult
 
@@ -37,14 +38,16 @@ class RunLog:
         self._unconfirmed: list[tuple[int, dict[str, Any]]] = []
         self.last: Evaluation | None = None
 
-    def on_eval(self, evaluation: Evaluation) -> None:
+    def on_eval(self, evaluation: Evaluation, grid: TestGrid | None = None) -> None:
+        """Log one evaluation; `grid` (the trial's test centres) puts pixels on the heatmaps'
+        axes and marks the trained centre."""
         progress = {"transinv.progress": f"{evaluation.phase} {evaluation.step}"}
         number = self._submit(
             self.tracker.log_metrics, self.run_id, evaluation.metrics, evaluation.step, progress
         )
         entry = {"step": evaluation.step, "metrics": dict(evaluation.metrics)}
         self._unconfirmed.append((number, entry))
-        self._submit(self._log_images, evaluation)
+        self._submit(self._log_images, evaluation, grid)
         self.last = evaluation
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> int:
@@ -63,16 +66,22 @@ class RunLog:
         self._unconfirmed = [(n, e) for n, e in self._unconfirmed if n > done]
         return [e for _, e in self._unconfirmed]
 
-    def _log_images(self, evaluation: Evaluation) -> None:
+    def _log_images(self, evaluation: Evaluation, grid: TestGrid | None) -> None:
+        """Each grid as a rendered map (axes in pixels, colour bar, trained centre, key and step
+        in the title) under its key and step: the UI's image cards show it with a step slider,
+        and the Artifacts view the same picture, not a bare block of colour."""
         every_layer = evaluation.step == 0 or evaluation.final
-        for key, grid in evaluation.grids.items():
-            is_g = key.startswith(G_GRID_PREFIX)
-            if is_g and not every_layer:
+        chance = evaluation.metrics.get(metrics.CHANCE)
+        for key, values in evaluation.grids.items():
+            if key.startswith(G_GRID_PREFIX) and not every_layer:
                 continue
-            lo, hi = (-0.2, 1.0) if is_g else (0.0, 1.0)
-            self.tracker.log_image(
-                self.run_id, plots.grid_image(grid, lo, hi), key, evaluation.step
+            rows, cols = values.shape
+            xs, ys = (grid.xs, grid.ys) if grid is not None else (np.arange(cols), np.arange(rows))
+            trained = grid.trained if grid is not None else None
+            figure = plots.evaluation_heatmap(
+                key, values, xs, ys, trained, evaluation.phase, evaluation.step, chance
             )
+            self.tracker.log_image(self.run_id, plots.to_image(figure), key, evaluation.step)
 
     def _log_summary(self, result: TrialResult) -> None:
         tracker, run_id = self.tracker, self.run_id

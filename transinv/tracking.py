@@ -51,10 +51,27 @@ TAG_PID = "transinv.pid"
 TAG_NODE = "ray.node_id"
 TAG_PRETRAIN_CACHE = "transinv.pretrain_cache"
 TAG_PROGRESS = "transinv.progress"
+TAG_SUMMARY = "transinv.summary."
+"""Prefix of the tags (`transinv.summary.time`, ...) holding end-of-trial numbers as JSON
+{metric key: value}: as metrics, each would be a one-point chart on the run's page. Read back
+by `summary_values` (and so by `results.load_runs`, as columns)."""
 TAG_FINISHED_TRIALS = "transinv.finished_trials"
 TAG_ERRORS = "transinv.errors"
 EXPERIMENT_KIND = "mlflow.experimentKind"
 ROLE_STUDY, ROLE_TRIAL = "study", "trial"
+
+
+def summary_tag(name: str) -> str:
+    return f"{TAG_SUMMARY}{name}"
+
+
+def summary_values(tags: Mapping[str, str]) -> dict[str, float]:
+    """The end-of-trial numbers a run's summary tags hold, under their metric keys."""
+    out: dict[str, float] = {}
+    for key, text in tags.items():
+        if key.startswith(TAG_SUMMARY):
+            out.update({k: float(v) for k, v in json.loads(text).items()})
+    return out
 
 
 # Every MLflow filter string of the project is built by these (backticks for dotted names).
@@ -253,10 +270,11 @@ class Tracker:
         params: Mapping[str, Any],
         tags: Mapping[str, str] | None = None,
         run_id: str | None = None,
+        run_name: str | None = None,
     ) -> str:
         """The trial's run: `run_id` from its checkpoint, else the run already tagged with its
-        Ray trial id (a trial restarted without a checkpoint), else a new child run. Marked
-        RUNNING either way."""
+        Ray trial id (a trial restarted without a checkpoint), else a new child run named
+        `run_name` (default `<study>/<trial id>`). Marked RUNNING either way."""
         exp = self.experiment(study)
         if run_id is None:
             found = self.find_runs(exp, trial_filter(trial_id))
@@ -266,7 +284,7 @@ class Tracker:
             return run_id
         run = self._client.create_run(
             exp,
-            run_name=f"{study}/{trial_id}",
+            run_name=run_name or f"{study}/{trial_id}",
             tags={
                 TAG_STUDY: study,
                 TAG_ROLE: ROLE_TRIAL,
