@@ -454,6 +454,26 @@ def active_params(spec: StudySpec, sampled: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+RUN_NAME_LABELS = {"pretrain.dataset": "", "pretrain.translation": "r", "seed": "s"}
+"""Short labels in run names: '' shows the value alone (`glyphs`); others `label=value`, or
+`s1` for seeds. Keys not listed use their last part (`freeze=none`, `lr=0.001`)."""
+
+
+def run_name(spec: StudySpec, sampled: Mapping[str, Any], seed: int) -> str:
+    """A trial's MLflow run name: its condition in short forms, active keys in file order, then
+    its seed (`glyphs r=0.5 freeze=none s1`); the Ray trial id stays in the run's tags."""
+    parts = []
+    for key, value in active_params(spec, sampled).items():
+        if key == "seed":
+            continue
+        label = RUN_NAME_LABELS.get(key, key.rsplit(".", 1)[-1])
+        text = f"{value:.2g}" if isinstance(value, float) else cfg.format_value(value)
+        if key == "pretrain.dataset" and value == "none":
+            text = "no-pretrain"
+        parts.append(f"{label}={text}" if label else text)
+    return " ".join([*parts, f"s{seed}"])
+
+
 def trial_config(spec: StudySpec, sampled: Mapping[str, Any]) -> TrialConfig:
     """The trial's config: fixed keys, then the active sampled keys; inactive keys keep defaults."""
     return cfg.from_flat({**spec.fixed, **active_params(spec, sampled)}, source=str(spec.path))
@@ -464,5 +484,6 @@ __all__ = [
     "StudySpec",
     "active_params",
     "load_space",
+    "run_name",
     "trial_config",
 ]

@@ -256,13 +256,19 @@ def test_surface_heatmap_shows_cell_means():
     assert not ax.yaxis_inverted()
 
 
-def test_grid_image_is_an_rgb_array_with_nan_grey():
+@pytest.mark.parametrize("key", ["finetune/acc_grid", "invariance/G_grid/fc1"])
+def test_evaluation_heatmap_has_pixel_axes_a_colour_bar_the_trained_centre_and_its_step(key):
     grid = _acc_grid()
     grid[0, 0] = math.nan
-    image = plots.grid_image(grid, 0.0, 1.0)
-    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
-    assert image.shape[0] == image.shape[1] == 13 * (256 // 13)
-    assert tuple(image[0, 0]) == (128, 128, 128)
+    fig = plots.evaluation_heatmap(key, grid, XS, YS, (16, 32), "finetune", 150, chance=0.1)
+    ax, bar = fig.axes  # the map and its colour bar
+    assert ax.get_title() == f"{key}, finetune step 150"
+    assert ax.get_xlabel() == "item centre x (px)" and ax.get_yticks() == pytest.approx(YS)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["trained centre (16, 32)"]
+    assert bar.get_ylim()[1] == pytest.approx(1.0)
+    image = plots.to_image(fig)
+    assert image.dtype == np.uint8 and image.shape[2] == 3
+    assert min(image.shape[:2]) >= 400  # readable in the UI, not a 13-pixel block
 
 
 def test_condition_bars_show_the_mean_and_every_replicate():

@@ -364,3 +364,89 @@ def test_profile_says_where_the_study_time_went(finished, tracking_uri, capsys):
     assert cli.main(["profile", "track", "--tracking-uri", tracking_uri]) == 0
     out = capsys.readouterr().out
     assert "study track: 2 finished trials" in out and "ray_overhead" in out
+
+
+@pytest.fixture(scope="module")
+def conditions(tmp_path_factory, tracking_uri):
+    """A grid study of two conditions x two seeds, where pretrain.translation is active only
+    with a pretraining set and a constraint is in the file."""
+    tmp = tmp_path_factory.mktemp("conds")
+    space = write_space(
+        tmp, "conds",
+        "pretrain.dataset: {grid: [none, glyphs]}\n"
+        "pretrain.translation: {grid: [0.5], when: {pretrain.dataset: glyphs}}\n"
+        "seed: {grid: [0, 1]}",
+        sampler="grid", samples=1, pretrain_steps=10, finetune_steps=10,
+    )  # fmt: skip
+    space.write_text(space.read_text() + 'constraints: ["finetune/acc_trained >= 0"]\n')
+    code, out = finish(driver(space, tracking_uri, tmp / "home"))
+    assert code == 0, out
+    return "conds"
+
+
+def test_best_ranks_the_studys_conditions_under_its_constraints(conditions, tracking_uri, capsys):
+    """Through the real CLI: a condition is every key the study varies (seeds apart), the
+    study's constraint applies without --where, --where adds to it, and a key the study's
+    `when` left inactive is blank, not its default."""
+    args = ["best", conditions, "--metric", metrics.ACC_UNTRAINED, "--tracking-uri", tracking_uri]
+    assert cli.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "constraints (on each condition's mean): finetune/acc_trained >= 0"
+    header, rows = lines[1].split(), [line.split() for line in lines[2:]]
+    assert header[:2] == ["pretrain.dataset", "pretrain.translation"]
+    assert "finetune/acc_trained" in header and "seeds" in header
+    assert sorted(row[0] for row in rows) == ["glyphs", "none"]  # two conditions, not pooled
+    for row in rows:
+        assert row[-3:-1] == ["2", "0,1"], row  # n and seeds: one trial per seed
+    # the vanilla condition has a blank translation cell: one field fewer than the glyph one
+    none, glyphs = (next(r for r in rows if r[0] == d) for d in ("none", "glyphs"))
+    assert glyphs[1] == "0.5" and len(none) == len(glyphs) - 1
+    assert cli.main([*args, "--where", "finetune/acc_trained > 2"]) == 0
+    out = capsys.readouterr().out
+    assert "finetune/acc_trained >= 0; finetune/acc_trained > 2" in out
+    assert "no condition of conds" in out
+
+
+def test_runs_are_named_by_condition_with_readable_heatmaps_and_few_summary_charts(
+    conditions, tracking_uri, tmp_path
+):
+    client = MlflowClient(tracking_uri)
+    runs = trial_runs(tracking_uri, conditions)
+    names = sorted(r.info.run_name for r in runs)
+    assert names == ["glyphs r=0.5 s0", "glyphs r=0.5 s1", "no-pretrain s0", "no-pretrain s1"]
+    assert all(r.data.tags["ray.trial_id"] for r in runs)  # the trial id stays a tag
+    run = runs[0]
+    # One-point numbers: forgetting drops are metrics, peak steps and times summary tags,
+    # which load_runs still reads as columns.
+    assert not [k for k in run.data.metrics if k.startswith("time/") or "peak_step" in k]
+    assert metrics.drop_key(metrics.ACC_UNTRAINED) in run.data.metrics
+    frame = load_runs(conditions, tracking_uri)
+    assert frame[metrics.time_key("finetune")].notna().all()
+    assert frame[metrics.peak_step_key(metrics.ACC_UNTRAINED)].notna().all()
+    # The accuracy heatmap logged at each evaluation is a rendered map, not a 3x3 block.
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    acc = sorted(p for p in images if "acc_grid" in p and p.endswith(".png"))
+    assert acc, images
+    from PIL import Image
+
+    path = client.download_artifacts(run.info.run_id, acc[-1], str(tmp_path))
+    assert min(Image.open(path).size) >= 400
+
+
+def test_profile_says_where_the_study_time_went(finished, tracking_uri, capsys):
+    from transinv.study_cost import study_cost
+
+    table = study_cost("track", tracking_uri)
+    seconds = dict(zip(table["part"], table["seconds"], strict=True))
+    assert table.attrs["trials"] == 2 and table.attrs["slots"] in (1, 2)
+    for part in ("setup", "pretrain", "finetune", "eval", "report", "tracking", "tracking_wait"):
+        assert seconds[part] > 0, part  # the glyphs trial pretrains; every trial is tracked
+    # The trainer's parts fit inside the trial runs, and the runs inside the study's slot time.
+    assert seconds["trial_other"] >= 0
+    assert seconds["ray_overhead"] > 0  # Ray start-up and worker processes at the least
+    assert seconds["cache_saved"] == 0 and table.attrs["cache_hits"] == 0
+    # Instrument check: the booked parts and the two remainders add up to the slot time.
+    assert table["share"].sum() == pytest.approx(1.0)
+    assert cli.main(["profile", "track", "--tracking-uri", tracking_uri]) == 0
+    out = capsys.readouterr().out
+    assert "study track: 2 finished trials" in out and "ray_overhead" in out

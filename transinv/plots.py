@@ -1,5 +1,5 @@
 """Figures of one trial: accuracy heatmaps over the canvas, invariance by layer and
-forgetting curves; plus `to_png`, `grid_image` and the styling the study figures
+forgetting curves; plus `to_png`, `to_image` and the styling the study figures
 (`study_plots.py`) share.
 
 Only matplotlib's object-oriented API (`Figure`, never pyplot): a figure carries no global
@@ -44,20 +44,40 @@ def to_png(fig: Figure, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
-def grid_image(
-    grid: np.ndarray, lo: float, hi: float, cmap: str = "viridis", size: int = 256
-) -> np.ndarray:
-    """A [Gy, Gx] grid as an RGB image for MLflow's step slider: colours scaled lo..hi, NaN grey,
-    row 0 (smallest y) on top like the canvas, each cell blown up to a square block so a 13 x 13
-    grid is about `size` pixels a side. Returns [H, W, 3] uint8."""
-    grid = np.asarray(grid, dtype=np.float64)
-    if grid.ndim != 2:
-        raise ValueError(f"grid must be [Gy, Gx], got shape {grid.shape}")
-    scale = max(1, size // max(grid.shape))
-    colours = colormaps[cmap](Normalize(lo, hi, clip=True)(grid))[..., :3]
-    colours[~np.isfinite(grid)] = 0.5
-    rgb = np.round(colours * 255).astype(np.uint8)
-    return np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1)
+def to_image(fig: Figure, dpi: int = 100) -> np.ndarray:
+    """The figure rendered as an RGB array [H, W, 3] uint8 (Agg, no backend state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(dpi)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def evaluation_heatmap(
+    key: str,
+    grid: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    trained: tuple[int, int] | None,
+    phase: str,
+    step: int,
+    chance: float | None = None,
+) -> Figure:
+    """One evaluation's grid as a readable map for the MLflow UI: canvas pixels on the axes, a
+    colour bar, the trained centre marked, the metric key and the step in the title. Accuracy
+    grids use `accuracy_heatmap`'s scale (from just below chance); G grids run -0.2..1."""
+    title = f"{key}, {phase} step {step}"
+    if metrics.invariance_parts(key) is None:
+        fig = accuracy_heatmap(grid, xs, ys, trained, chance or 0.0)
+        fig.axes[0].set_title(title)
+        return fig
+    fig, ax, mesh = _canvas_map(
+        grid, xs, ys, trained, Normalize(-0.2, 1.0), colormaps["viridis"], title
+    )
+    layer = metrics.invariance_parts(key)[1]
+    fig.colorbar(mesh, ax=ax, shrink=0.9).set_label(f"G at {layer} (0: none, 1: invariant)")
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from transinv.tracking import (
     all_of,
     check_uri,
     role_filter,
+    summary_values,
 )
 
 SAMPLED = "sampled_keys"
@@ -108,6 +109,7 @@ def load_runs(study: str, uri: str | None = None, filter_string: str = "") -> pd
         }
         row.update({k: v for k, v in run.data.params.items() if k in KEY_TYPES})
         row[SAMPLED] = run.data.tags.get(TAG_PARAMS)
+        row.update(summary_values(run.data.tags))
         row.update(run.data.metrics)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=RUN_COLUMNS if not rows else None)
