@@ -1,61 +1,166 @@
-"""Verdicts of the report's checks on known numbers: the effect must beat both the margin and
-two standard errors to be `held`; the right sign alone is `partly`."""
+"""The verdict rule on known estimates, the pre-registration schema (`report:` in a study file,
+errors naming the file and the entry), Holm over a study's paper checks, and the helpers of the
+analyses. The analyses themselves: tests/test_analyses_known_answers.py."""
 
 import math
 
 import pandas as pd
 import pytest
 
+from transinv import stats
 from transinv.analyses import (
+    CHECKS,
+    CONTRADICTED,
     HELD,
-    MEASURED,
     NO_DATA,
-    NOT_HELD,
-    PARTLY,
-    compare,
-    level,
+    NOT_SHOWN,
+    PAPER,
+    Check,
+    plan_from_param,
+    plan_from_yaml,
     representation_layer,
-    trend,
+    with_holm,
 )
-from transinv.analyses.base import g_at_start_column
+from transinv.analyses.base import g_at_start_column, invariance_level, trial_key
+from transinv.analyses.expectations import Expectation, verdict
+from transinv.config import ConfigError
 
-
-def series(*values):
-    return pd.Series(values, dtype="float64")
+GREATER = Expectation("greater", 0.05)
 
 
 @pytest.mark.parametrize(
-    "higher, lower, verdict",
+    "a, b, expected, if_less",
     [
-        (series(0.40, 0.42, 0.38), series(0.10, 0.11, 0.09), HELD),
-        (series(0.14, 0.13, 0.15), series(0.10, 0.11, 0.09), PARTLY),  # below the margin
-        (series(0.60, 0.10, 0.35), series(0.10, 0.11, 0.09), PARTLY),  # within 2 SE
-        (series(0.10, 0.10, 0.10), series(0.20, 0.20, 0.20), NOT_HELD),
-        (series(), series(0.1), NO_DATA),
+        ([0.40, 0.42, 0.38], [0.10, 0.11, 0.09], HELD, CONTRADICTED),
+        # CI excludes 0 but the effect is below min_effect; the other way, a wrong-side effect
+        ([0.14, 0.13, 0.15], [0.10, 0.11, 0.09], NOT_SHOWN, CONTRADICTED),
+        ([0.60, 0.10, 0.35], [0.10, 0.11, 0.09], NOT_SHOWN, NOT_SHOWN),  # CI includes 0
+        ([0.10, 0.11, 0.09], [0.40, 0.42, 0.38], CONTRADICTED, HELD),
+        ([], [0.1], NO_DATA, NO_DATA),
+        ([0.5], [0.1, 0.12], NOT_SHOWN, NOT_SHOWN),  # one replicate: no interval
     ],
 )
-def test_compare_needs_margin_and_two_standard_errors(higher, lower, verdict):
-    check = compare(higher, lower, "x above y", "x vs y")
-    assert check.verdict == verdict
-    if verdict != NO_DATA:
-        assert check.values["difference"] == pytest.approx(higher.mean() - lower.mean())
-        assert "n=3" in check.measured
+def test_verdict_needs_the_ci_on_the_expected_side_and_the_minimal_effect(a, b, expected, if_less):
+    estimate = stats.welch(a, b)
+    assert verdict(GREATER, estimate, estimate.p) == expected
+    assert verdict(Expectation("less", 0.05), estimate, estimate.p) == if_less
 
 
-def test_level_above_and_below_a_bound():
-    assert level(series(1.0, 1.0, 1.0), 0.9, "e", "w", above=True).verdict == HELD
-    assert level(series(0.95, 0.5, 1.0), 0.9, "e", "w", above=True).verdict == NOT_HELD
-    assert level(series(0.02, 0.03, 0.01), 0.1, "e", "w", above=False).verdict == HELD
-    assert level(series(0.09, 0.2, 0.0), 0.1, "e", "w", above=False).verdict == PARTLY
-    assert level(series(0.01, 0.02), 0.0, "e", "w", above=True, margin=0.05).verdict == PARTLY
-    assert level(series(math.nan), 0.0, "e", "w", above=True).verdict == NO_DATA
+def test_within_is_an_equivalence_claim():
+    margin = Expectation("within", 0.1)
+    close = stats.welch([0.10, 0.11, 0.09, 0.10], [0.10, 0.10, 0.11, 0.09])
+    far = stats.welch([0.50, 0.51, 0.49], [0.10, 0.11, 0.09])
+    noisy = stats.welch([0.3, 0.0, 0.1], [0.0, 0.2, 0.1])
+    for estimate, expected in ((close, HELD), (far, CONTRADICTED), (noisy, NOT_SHOWN)):
+        p = stats.equivalence_p(estimate, 0.1)
+        assert verdict(margin, estimate, p) == expected
 
 
-def test_trend_is_a_measured_rank_correlation():
-    frame = pd.DataFrame({"r": [0, 0, 0.5, 0.5, 1, 1], "acc": [0.1, 0.12, 0.2, 0.22, 0.4, 0.38]})
-    check = trend(frame, "r", "acc", "grows", "acc vs r")
-    assert check.verdict == MEASURED and check.values["rho"] == pytest.approx(1.0, abs=0.1)
-    assert trend(frame.head(2), "r", "acc", "grows", "acc vs r").verdict == NO_DATA
+def _check(p: float, effect: float = 0.3, source: str = PAPER) -> Check:
+    return Check(
+        id="transfer.learned",
+        label="",
+        source=source,
+        expectation="",
+        claim="",
+        direction="greater",
+        min_effect=0.1,
+        measured="",
+        verdict=HELD,
+        effect=effect,
+        ci_low=0.2,
+        ci_high=0.4,
+        p=p,
+        n=(5, 5),
+        method=stats.WELCH,
+    )
+
+
+def test_holm_adjusts_only_paper_checks_and_their_verdicts_use_it():
+    checks = [_check(0.02), _check(0.04), _check(0.001, source="hypothesis")]
+    adjusted = with_holm(checks)
+    assert [c.p_holm for c in adjusted[:2]] == pytest.approx([0.04, 0.04])
+    assert math.isnan(adjusted[2].p_holm) and adjusted[2].verdict == HELD
+    assert [c.verdict for c in adjusted[:2]] == [HELD, HELD]
+    three = with_holm([_check(0.02), _check(0.03), _check(0.04)])
+    assert {c.verdict for c in three} == {NOT_SHOWN}  # 0.06 after Holm
+
+
+def test_plan_resolves_defaults_and_file_overrides():
+    plan = plan_from_yaml(["forgetting"], "x.yaml")
+    assert set(plan.expect) == {c for c in CHECKS if c.startswith("forgetting.")}
+    assert plan.expect["forgetting.g_falls"] == CHECKS["forgetting.g_falls"].default
+    given = {
+        "analyses": ["forgetting"],
+        "expect": {"forgetting.g_falls": {"direction": "less", "min_effect": 0.2}},
+    }
+    plan = plan_from_yaml(given, "x.yaml")
+    assert plan.expect["forgetting.g_falls"] == Expectation("less", 0.2)
+    assert plan_from_param(plan.to_param()) == plan
+    legacy = plan_from_param("forgetting,transfer")
+    assert legacy.analyses == ("forgetting", "transfer") and legacy.expect == {}
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ({"analyses": ["nope"]}, ["x.yaml: report.analyses[0]", "'nope'", "forgetting"]),
+        (
+            {"analyses": ["transfer"], "expect": {"forgetting.g_falls": {}}},
+            ["x.yaml: report.expect.forgetting.g_falls", "unknown check", "transfer.learned"],
+        ),
+        (
+            {"analyses": ["transfer"], "expect": {"transfer.learned": {"direction": "up"}}},
+            ["report.expect.transfer.learned.direction", "greater, less, within"],
+        ),
+        (
+            {"analyses": ["transfer"], "expect": {"transfer.learned": {"min_effect": -1}}},
+            ["report.expect.transfer.learned.min_effect", "-1"],
+        ),
+        ({"analyses": ["transfer"], "expects": {}}, ["report.expects", "analyses, expect"]),
+        ("transfer", ["x.yaml: report", "a list of analyses"]),
+    ],
+)
+def test_plan_errors_name_the_file_and_the_entry(value, words):
+    with pytest.raises(ConfigError) as caught:
+        plan_from_yaml(value, "x.yaml")
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_every_paper_check_quotes_the_paper_and_sources_are_known():
+    for check in CHECKS.values():
+        assert check.source in ("paper", "hypothesis", "sanity")
+        assert (check.source == PAPER) == bool(check.claim)
+
+
+def test_invariance_level_names_the_level_its_interval_reaches():
+    assert invariance_level(pd.Series([0.6, 0.62, 0.61, 0.63])).startswith("largely")
+    assert invariance_level(pd.Series([0.3, 0.31, 0.29, 0.3])).startswith("partly")
+    assert invariance_level(pd.Series([0.0, 0.01, 0.02, 0.0])).startswith("not invariant")
+    assert invariance_level(pd.Series([0.0, 0.6, 0.1])).startswith("not determined")
+
+
+def test_trial_key_ignores_threads_and_a_vanilla_start_s_pretraining_keys():
+    row = pd.Series(
+        {
+            "seed": 0,
+            "pretrain.dataset": "none",
+            "pretrain.regime": "whole",
+            "run.threads": 1,
+            "model.arch": "small_cnn",
+        }
+    )
+    other = row.copy()
+    other["pretrain.regime"], other["run.threads"] = "class_region", 2
+    assert trial_key(row) == trial_key(other)
+    other["seed"] = 1
+    assert trial_key(row) != trial_key(other)
+    pretrained = row.copy()
+    pretrained["pretrain.dataset"] = "glyphs"
+    changed = pretrained.copy()
+    changed["pretrain.regime"] = "class_region"
+    assert trial_key(pretrained) != trial_key(changed)
 
 
 def test_representation_layer_is_the_last_hidden_fc_else_logits():
@@ -64,16 +169,5 @@ def test_representation_layer_is_the_last_hidden_fc_else_logits():
     assert representation_layer([f"{g}fc1", f"{g}fc2", f"{g}logits"]) == "fc2"
     assert representation_layer([f"{g}conv5", f"{g}logits"]) == "logits"
     assert representation_layer(["finetune/acc_trained"]) is None
-
-
-def test_layer_keys_split_one_way_for_scores_grids_and_final_grid_columns():
-    from transinv import metrics
-
-    columns = ["invariance/G/conv1", "invariance/I/conv1", "invariance/G_grid/fc1", "finetune/loss"]
-    assert metrics.layers_of(columns) == {"invariance/G/conv1": "conv1"}
-    assert metrics.layers_of(columns, "G_grid") == {"invariance/G_grid/fc1": "fc1"}
-    assert metrics.invariance_parts(metrics.invariance_key("D", "fc1")) == ("D", "fc1")
-    assert metrics.invariance_parts("invariance/G/") is None
-    assert metrics.grid_column(metrics.g_grid_key("fc1")) == "G/fc1"
     assert g_at_start_column("fc1") == "invariance/G/fc1 at step 0"
     assert g_at_start_column(None) is None

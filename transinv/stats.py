@@ -112,20 +112,26 @@ def spearman(x: Sequence[float], y: Sequence[float], draws: int = 2000, seed: in
     if n[0] < 3 or len(np.unique(x)) < 2:
         return Estimate(math.nan, math.nan, math.nan, math.nan, n, BOOTSTRAP)
 
-    def rho(xs: np.ndarray, ys: np.ndarray) -> float:
-        rx, ry = _scipy.rankdata(xs), _scipy.rankdata(ys)
-        if rx.std() == 0 or ry.std() == 0:
-            return 0.0
-        return float(np.corrcoef(rx, ry)[0, 1])
-
-    effect = rho(x, y)
+    effect = float(_rho_rows(x[None, :], y[None, :])[0])
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, n[0], size=(draws, n[0]))
-    boot = np.array([rho(x[i], y[i]) for i in picks])
+    boot = _rho_rows(x[picks], y[picks])
     low, high = (float(q) for q in np.quantile(boot, [ALPHA / 2, 1 - ALPHA / 2]))
-    null = np.array([rho(x, rng.permutation(y)) for _ in range(draws)])
+    shuffled = np.argsort(rng.random((draws, n[0])), axis=1)
+    null = _rho_rows(np.broadcast_to(x, (draws, n[0])), y[shuffled])
     p = float((1 + np.sum(np.abs(null) >= abs(effect) - 1e-12)) / (draws + 1))
     return Estimate(effect, low, high, p, n, BOOTSTRAP)
+
+
+def _rho_rows(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each row pair of xs, ys: [D, n] -> [D]; 0 where a row is constant."""
+    rx = _scipy.rankdata(xs, axis=1)
+    ry = _scipy.rankdata(ys, axis=1)
+    rx = rx - rx.mean(axis=1, keepdims=True)
+    ry = ry - ry.mean(axis=1, keepdims=True)
+    den = np.sqrt((rx**2).sum(axis=1) * (ry**2).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (rx * ry).sum(axis=1) / np.where(den > 0, den, 1.0), 0.0)
 
 
 def fraction(successes: int, total: int, reference: float) -> Estimate:
