@@ -58,6 +58,8 @@ def _tune_metrics(evaluation: Evaluation, spec: StudySpec, pretrain_steps: int) 
         spec.objective: evaluation.metrics.get(spec.objective, math.nan),
         metrics.ACC_TRAINED: evaluation.metrics.get(metrics.ACC_TRAINED, math.nan),
     }
+    for metric, _ in spec.objectives:  # Tune requires every objective of a searcher too
+        out.setdefault(metric, evaluation.metrics.get(metric, math.nan))
     out.update((k, float(v)) for k, v in evaluation.metrics.items())
     out["phase"] = evaluation.phase
     return out
@@ -134,5 +136,6 @@ def train(config: dict[str, Any], study: StudyContext) -> None:
         log.fail("".join(traceback.format_exception(exc)))
         raise
     final = {k: float(v) for k, v in result.metrics.items()}
-    final.setdefault(spec.objective, math.nan)
+    for metric, _ in spec.objectives or [(spec.objective, spec.mode)]:
+        final.setdefault(metric, math.nan)
     tune.report({**final, "phase": "done", PHASE_STEP: trial.finetune.steps})
