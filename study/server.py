@@ -58,6 +58,8 @@ def start_local_server(
     if port:
         # Another server on the port would answer the health check below for ours.
         with socket.socket() as probe:
+            # As the server binds: a listener refuses, closed connections (TIME_WAIT) do not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((host, port))
             except OSError as exc:

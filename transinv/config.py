@@ -310,6 +310,13 @@ class RunConfig:
         "Folder of pretrained networks shared between trials (`transinv/pretrain_cache.py`): a "
         "trial whose pretraining matches a stored one finetunes from it. Empty = off.",
     )
+    tracking_outage_s: float = key(
+        600.0,
+        "Seconds a trial keeps training while the MLflow server is unreachable, holding what it "
+        "could not deliver; after that the study stops resumably (rerun it once the server is "
+        "back).",
+        bounds=above(0),
+    )
 
 
 @dataclass(frozen=True)

@@ -1,54 +1,101 @@
 """What one trial logs to its MLflow run, off the training thread.
 
-Each evaluation is one batched metrics call (with a progress tag) plus heatmap images: accuracy
-over the canvas at every evaluation (the MLflow UI shows a step slider), G per layer at the first
-and last evaluation of a phase. The end of a trial adds the forgetting summaries, the forgetting
-and invariance-by-layer figures and the final grid as a table.
+Each evaluation is one batched metrics call (with a progress tag) plus heatmap images, rendered
+maps with pixel axes and a colour bar: accuracy over the canvas at every evaluation (the MLflow UI
+shows a step slider), G per layer at the first and last evaluation of a phase. The end of a trial
+adds the forgetting drops (metrics; peak steps and times go in summary tags), the forgetting and
+invariance-by-layer figures and the final grid as a table.
 
-Calls run in order on a background `TrackingQueue`. Evaluations the server has not confirmed yet
-are listed by `unconfirmed()` so that a checkpoint can carry them and a restored trial logs them
-again (`results.curves` drops the duplicate points). The end of a trial also logs where its time
-went (`time/<part>_s`, `metrics.time_key`), with the tracking thread's own busy time.
+Calls run in order on a background `TrackingQueue`, which repeats what fails while the server is
+away (up to `run.tracking_outage_s`). Every record (each evaluation in order, then the trial's
+end summary and its times) is numbered, and its metrics call also sets `TAG_DELIVERED` to that
+number, so the server itself says how far it got. A checkpoint carries the number of records
+emitted and the evaluations not yet confirmed (`checkpoint_meta`); a restored trial logs a
+carried or re-emitted record only when its number is past what the server holds, so
+`get_metric_history` has one point per (key, step) whatever was interrupted. Each record keeps
+the timestamp it was made with, and the server ignores an identical point, so a call repeated
+after a lost reply adds nothing either. The end of a trial also logs where its time went
+(`time/<part>_s`, `metrics.time_key`), with the tracking thread's own busy time.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from transinv import metrics, plots
 from transinv.evaluation import TestGrid
-from transinv.tracking import Tracker, TrackingError, TrackingQueue
+from transinv.tracking import (
+    TAG_DELIVERED,
+    TAG_PROGRESS,
+    Tracker,
+    TrackingError,
+    TrackingQueue,
+    summary_tag,
+)
 from transinv.trainer import Evaluation, TrialResult
 
-G_GRID_PREFIX = "invariance/G_grid/"
+
+def _is_g_grid(key: str) -> bool:
+    parts = metrics.invariance_parts(key)
+    return parts is not None and parts[0] == "G_grid"
 
 
 class RunLog:
-    def __init__(self, tracker: Tracker, run_id: str, pending: Iterable[dict[str, Any]] = ()):
-        self.tracker, self.run_id = tracker, run_id
-        for entry in pending:  # from the checkpoint this trial resumes
-            tracker.log_metrics(run_id, entry["metrics"], entry["step"])
-        self.queue = TrackingQueue()
+    """One trial attempt's logging into its run.
+
+    resumed: the checkpoint's `checkpoint_meta()` (None for a fresh start); delivered: how many
+    records the server holds (`Tracker.delivered`), read when the attempt starts.
+    """
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        run_id: str,
+        queue: TrackingQueue,
+        resumed: Mapping[str, Any] | None = None,
+        delivered: int = 0,
+    ):
+        self.tracker, self.run_id, self.queue = tracker, run_id, queue
+        self.delivered = delivered
+        self.emitted = int((resumed or {}).get("emitted", 0))
         self.busy_s = 0.0
         """Seconds the tracking thread spent in this attempt's calls."""
         self._unconfirmed: list[tuple[int, dict[str, Any]]] = []
         self.last: Evaluation | None = None
+        for entry in (resumed or {}).get("pending", []):
+            # Delivered after the checkpoint was written, by the attempt that wrote it: skip.
+            if entry["seq"] > delivered:
+                self._send(entry)
+
+    def _send(self, entry: dict[str, Any]) -> None:
+        tags = {TAG_PROGRESS: entry["progress"], TAG_DELIVERED: entry["seq"]}
+        number = self._submit(
+            self.tracker.log_metrics,
+            *(self.run_id, entry["metrics"], entry["step"], tags, entry["time"]),
+        )
+        self._unconfirmed.append((number, entry))
 
     def on_eval(self, evaluation: Evaluation, grid: TestGrid | None = None) -> None:
         """Log one evaluation; `grid` (the trial's test centres) puts pixels on the heatmaps'
         axes and marks the trained centre."""
-        progress = {"transinv.progress": f"{evaluation.phase} {evaluation.step}"}
-        number = self._submit(
-            self.tracker.log_metrics, self.run_id, evaluation.metrics, evaluation.step, progress
-        )
-        entry = {"step": evaluation.step, "metrics": dict(evaluation.metrics)}
-        self._unconfirmed.append((number, entry))
-        self._submit(self._log_images, evaluation, grid)
+        self.emitted += 1
         self.last = evaluation
+        if self.emitted <= self.delivered:
+            return  # re-emitted after a restore: the server has it from an earlier attempt
+        entry = {
+            "seq": self.emitted,
+            "step": evaluation.step,
+            "metrics": dict(evaluation.metrics),
+            "time": int(time.time() * 1000),
+            "progress": f"{evaluation.phase} {evaluation.step}",
+        }
+        self._send(entry)
+        self._submit(self._log_images, evaluation, grid)
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> int:
         def timed() -> None:
@@ -66,6 +113,15 @@ class RunLog:
         self._unconfirmed = [(n, e) for n, e in self._unconfirmed if n > done]
         return [e for _, e in self._unconfirmed]
 
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What a checkpoint carries for the run: records emitted, evaluations unconfirmed."""
+        return {"emitted": self.emitted, "pending": self.unconfirmed()}
+
+    @property
+    def outage(self) -> str | None:
+        """Why tracking stopped (the server away too long), None while it works."""
+        return str(self.queue.outage) if self.queue.outage is not None else None
+
     def _log_images(self, evaluation: Evaluation, grid: TestGrid | None) -> None:
         """Each grid as a rendered map (axes in pixels, colour bar, trained centre, key and step
         in the title) under its key and step: the UI's image cards show it with a step slider,
@@ -73,7 +129,7 @@ class RunLog:
         every_layer = evaluation.step == 0 or evaluation.final
         chance = evaluation.metrics.get(metrics.CHANCE)
         for key, values in evaluation.grids.items():
-            if key.startswith(G_GRID_PREFIX) and not every_layer:
+            if _is_g_grid(key) and not every_layer:
                 continue
             rows, cols = values.shape
             xs, ys = (grid.xs, grid.ys) if grid is not None else (np.arange(cols), np.arange(rows))
@@ -85,8 +141,6 @@ class RunLog:
 
     def _log_summary(self, result: TrialResult) -> None:
         tracker, run_id = self.tracker, self.run_id
-        steps = [s for curve in result.curves.values() for s in curve]
-        tracker.log_metrics(run_id, result.metrics, step=max(steps, default=0))
         tracker.log_dict(
             run_id,
             {"metrics": result.metrics, "info": {k: str(v) for k, v in result.info.items()}},
@@ -103,36 +157,60 @@ class RunLog:
             table = {"x": xs.ravel().tolist(), "y": ys.ravel().tolist()}
             table["acc"] = last.grids[metrics.ACC_GRID].ravel().tolist()
             for key, grid in last.grids.items():
-                if key.startswith(G_GRID_PREFIX):
-                    table[f"G/{key.removeprefix(G_GRID_PREFIX)}"] = grid.ravel().tolist()
+                if _is_g_grid(key):
+                    table[metrics.grid_column(key)] = grid.ravel().tolist()
             tracker.log_table(run_id, table, "final_grid.json")
 
+    def _log_record(
+        self, seq: int, values: Mapping[str, float], step: int, name: str, notes: Mapping
+    ) -> None:
+        """An end-of-trial record (numbered after the evaluations), unless the server has it:
+        `values` as metrics, `notes` as the summary tag `name` (`tracking.summary_tag`)."""
+        if seq > self.delivered:
+            stamp = int(time.time() * 1000)
+            tags = {TAG_DELIVERED: seq, summary_tag(name): json.dumps(dict(notes))}
+            self.tracker.log_metrics(self.run_id, values, step, tags, stamp)
+
     def finish(self, result: TrialResult) -> None:
-        """Log the end-of-trial artifacts, wait for every call, log where the trial's time went,
-        and end the run FINISHED."""
+        """Log the end-of-trial summary and artifacts, wait for every call, log where the
+        trial's time went, and end the run FINISHED. Raises TrackingOutage if the server stays
+        away longer than the bound (the trial's last checkpoint holds what is missing).
+
+        The summary holds only the forgetting summaries: the final evaluation's metrics are
+        already in the run at its step, and logging them again would duplicate those points.
+        Only the drops (results: analyses, reports and objectives rank by them) are metrics;
+        peak steps and where the time went are summary tags, so the run's metrics page is
+        curves, not a score of one-point charts (`results.load_runs` reads both as columns)."""
+        steps = [s for curve in result.curves.values() for s in curve]
+        step = max(steps, default=0)
+        summary = {k: result.metrics[k] for k in metrics.forgetting_summary(result.curves)}
+        drops = {metrics.drop_key(curve) for curve in result.curves}
+        kept = {k: v for k, v in summary.items() if k in drops}
+        peaks = {k: v for k, v in summary.items() if k not in drops}
+        self._submit(self._log_record, self.emitted + 1, kept, step, "forgetting", peaks)
         self._submit(self._log_summary, result)
         started = time.perf_counter()
         self.queue.flush()
         seconds = {**result.seconds, "tracking": self.busy_s}
         seconds["tracking_wait"] = time.perf_counter() - started
-        steps = [s for curve in result.curves.values() for s in curve]
         times = {metrics.time_key(part): value for part, value in seconds.items()}
-        self.tracker.log_metrics(self.run_id, times, step=max(steps, default=0))
-        self.tracker.finish(self.run_id, "FINISHED")
+        self.queue.call(self._log_record, self.emitted + 2, {}, step, "time", times)
+        self.queue.call(self.tracker.finish, self.run_id, "FINISHED")
 
-    def detach(self) -> None:
-        """Deliver what was queued and leave the run's status to the driver: the trial was
-        stopped (an interrupted study, a scheduler's early stop), it did not fail."""
+    def detach(self, timeout_s: float = 5.0) -> None:
+        """Deliver what was queued, for a few seconds at most (the checkpoint holds the rest),
+        and leave the run's status to the driver: the trial was stopped (an interrupted study,
+        a scheduler's early stop, a tracking outage), it did not fail."""
         try:
-            self.queue.flush()
+            self.queue.flush(timeout_s)
         except TrackingError:
             pass
 
-    def fail(self, error: str) -> None:
+    def fail(self, error: str, timeout_s: float = 5.0) -> None:
         """End the run FAILED with the error, after what was queued (whose own failure is
-        secondary to the trial's)."""
+        secondary to the trial's; with the server away the driver closes the run)."""
         try:
-            self.queue.flush()
-        except TrackingError:
+            self.queue.flush(timeout_s)
+            self.tracker.finish(self.run_id, "FAILED", error)
+        except Exception:
             pass
-        self.tracker.finish(self.run_id, "FAILED", error)

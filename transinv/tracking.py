@@ -29,6 +29,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
 from transinv.config import format_value
 
@@ -51,6 +52,12 @@ TAG_PID = "transinv.pid"
 TAG_NODE = "ray.node_id"
 TAG_PRETRAIN_CACHE = "transinv.pretrain_cache"
 TAG_PROGRESS = "transinv.progress"
+"""`<phase> <step>` of the run's latest delivered evaluation."""
+TAG_DELIVERED = "transinv.delivered"
+"""How many of the trial's records (evaluations in order, then its end summary) the server holds:
+set in the same call as a record's metrics, so a resumed trial knows what not to log again."""
+TAG_WARNING = "transinv.warning"
+"""Something a trial recovered from (an unreadable checkpoint it fell back from)."""
 TAG_SUMMARY = "transinv.summary."
 """Prefix of the tags (`transinv.summary.time`, ...) holding end-of-trial numbers as JSON
 {metric key: value}: as metrics, each would be a one-point chart on the run's page. Read back
@@ -316,10 +323,16 @@ class Tracker:
         values: Mapping[str, float],
         step: int,
         tags: Mapping[str, Any] | None = None,
+        timestamp_ms: int | None = None,
     ) -> None:
         """All values at one step (and tags), in as few calls as the server's limits allow:
-        one call for an evaluation of the small preset."""
-        now = int(time.time() * 1000)
+        one call for an evaluation of the small preset.
+
+        The tags go with the last call, so they say the whole record arrived. A repeated call
+        with the same `timestamp_ms` adds nothing: the server's metric key includes the
+        timestamp and it ignores an identical point (how a retry after a lost reply stays
+        single)."""
+        now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         entries = [
             Metric(k, float(v), now, step)
             for k, v in values.items()
@@ -328,7 +341,8 @@ class Tracker:
         tag_entries = [RunTag(k, _param_value(v)) for k, v in (tags or {}).items()]
         chunks = list(_chunks(entries, MAX_METRICS_PER_CALL)) or [[]]
         for i, chunk in enumerate(chunks):
-            self._client.log_batch(run_id, metrics=chunk, tags=tag_entries if i == 0 else [])
+            last = i == len(chunks) - 1
+            self._client.log_batch(run_id, metrics=chunk, tags=tag_entries if last else [])
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         entries = [RunTag(k, _param_value(v)) for k, v in tags.items()]
@@ -367,21 +381,59 @@ class Tracker:
         except Exception:  # MLflow raises several types for an absent artifact
             return None
 
+    def delivered(self, run_id: str) -> int:
+        """How many of a trial's records the server holds (`TAG_DELIVERED`; 0 for none)."""
+        return int(self._client.get_run(run_id).data.tags.get(TAG_DELIVERED, 0))
+
     def metric_history(self, run_id: str, key: str) -> list:
         """Every logged point of `key` (duplicated steps included: see `results.curves`)."""
         return self._client.get_metric_history(run_id, key)
 
 
+def transient(exc: BaseException) -> bool:
+    """Whether a failed tracking call may succeed when repeated: the server unreachable, timing
+    out or failing inside (HTTP 5xx, e.g. its database restarting) or throttling (429). A
+    refused request (another 4xx) or an error of our own would fail the same way again."""
+    status = None
+    if isinstance(exc, MlflowException):
+        # Connection errors reach us as MlflowException with INTERNAL_ERROR (HTTP 500).
+        status = exc.get_http_status_code()
+    elif isinstance(exc, OSError):  # requests' errors (artifact uploads) are OSErrors
+        response = getattr(exc, "response", None)
+        status = getattr(response, "status_code", None) or 503
+    return status is not None and (status >= 500 or status == 429)
+
+
+class TrackingOutage(TrackingError):
+    """The tracking server stayed unreachable for longer than `run.tracking_outage_s`."""
+
+
 class TrackingQueue:
     """Tracking calls run in order on one background thread, so training never waits on the
-    server. Call numbers let a checkpoint tell which submitted calls the server has confirmed
-    (`completed`); a failed call is re-raised on the next `submit` or `flush`."""
+    server.
 
-    def __init__(self) -> None:
+    A call that fails transiently (`transient`) is repeated with backoff (0.5 s doubling to 5 s),
+    and the calls after it wait their turn, until the server answers again; an outage longer
+    than `outage_s` stops the queue and sets `outage`, which the trial checks after each
+    evaluation. Any other failure stops the queue too and is raised by the next `submit` or
+    `flush`. Call numbers let a checkpoint tell which calls the server has confirmed: calls
+    1..`completed` succeeded, nothing after them is counted as delivered.
+    """
+
+    BACKOFF_S = (0.5, 5.0)
+
+    def __init__(self, outage_s: float = 600.0, server: str = "the tracking server") -> None:
+        self.outage_s, self.server = outage_s, server
         self._queue: queue.Queue = queue.Queue()
+        self._done = threading.Condition()
         self._submitted = 0
         self._completed = 0
+        self._results: dict[int, Any] = {}
+        self._keep: set[int] = set()
         self._error: BaseException | None = None
+        self.outage: TrackingOutage | None = None
+        self.retries = 0
+        """Failed attempts that were repeated (for tests and the trial's log)."""
         self._thread = threading.Thread(target=self._work, name="tracking", daemon=True)
         self._thread.start()
 
@@ -389,31 +441,84 @@ class TrackingQueue:
         while True:
             number, fn, args, kwargs = self._queue.get()
             try:
-                if self._error is None:
-                    fn(*args, **kwargs)
+                result = self._deliver(fn, args, kwargs)
+            except TrackingOutage as exc:
+                with self._done:
+                    self.outage = exc
+                    self._done.notify_all()
+                return  # the trial stops; what is left is in its checkpoint
             except BaseException as exc:  # kept for the training thread to raise
-                self._error = exc
-            finally:
+                with self._done:
+                    self._error = exc
+                    self._done.notify_all()
+                return
+            with self._done:
+                if number in self._keep:
+                    self._results[number] = result
                 self._completed = number
-                self._queue.task_done()
+                self._done.notify_all()
+
+    def _deliver(self, fn: Any, args: tuple, kwargs: dict) -> Any:
+        failing_since, wait = None, self.BACKOFF_S[0]
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except BaseException as exc:
+                if not transient(exc):
+                    raise
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since >= self.outage_s:
+                    raise TrackingOutage(
+                        f"{self.server} has been unreachable for {now - failing_since:.0f} s, "
+                        f"longer than run.tracking_outage_s = {self.outage_s:g} s ({exc})"
+                    ) from exc
+                self.retries += 1
+                time.sleep(min(wait, max(0.0, failing_since + self.outage_s - now)))
+                wait = min(wait * 2, self.BACKOFF_S[1])
 
     def _raise(self) -> None:
         if self._error is not None:
             raise TrackingError(f"tracking failed: {self._error}") from self._error
+        if self.outage is not None:
+            raise self.outage
 
     def submit(self, fn: Any, *args: Any, **kwargs: Any) -> int:
-        """Queue `fn(*args, **kwargs)`; returns its call number."""
-        self._raise()
+        """Queue `fn(*args, **kwargs)` without waiting; returns its call number. Raises a
+        failure of an earlier call (never waits for the server)."""
+        if self._error is not None:
+            self._raise()
         self._submitted += 1
         self._queue.put((self._submitted, fn, args, kwargs))
         return self._submitted
 
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """`fn(*args, **kwargs)` in turn, retried like any call; waits for and returns its value
+        (for what a trial needs before it can train: its run id)."""
+        self._raise()
+        self._submitted += 1
+        number = self._submitted
+        self._keep.add(number)
+        self._queue.put((number, fn, args, kwargs))
+        self._wait_for(number, None)
+        return self._results.pop(number)
+
     @property
     def completed(self) -> int:
-        """Calls 1..completed have run (in order)."""
+        """Calls 1..completed have succeeded (in order)."""
         return self._completed
 
-    def flush(self) -> None:
-        """Wait for every queued call; raise the first failure."""
-        self._queue.join()
+    def _wait_for(self, number: int, timeout_s: float | None) -> bool:
+        with self._done:
+            self._done.wait_for(
+                lambda: self._completed >= number or self._error or self.outage, timeout_s
+            )
+            if self._completed >= number:
+                return True
         self._raise()
+        return False
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait for every queued call (False if `timeout_s` passed first); raise the failure
+        or outage that stopped the queue."""
+        return self._wait_for(self._submitted, timeout_s)
