@@ -130,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for path, spec in zip(args.space, specs, strict=True):
             started = time.monotonic()
             print(f"study {spec.name!r} from {path}", flush=True)
-            outcome = run_study(spec, uri, storage, local_storage)
+            outcome = run_study(spec, uri, storage, local_storage, args.wait)
             print(
                 f"study {spec.name}: {outcome.finished} of {outcome.expected} trials finished, "
                 f"{outcome.errored} errored in {time.monotonic() - started:.0f} s; results in "
@@ -362,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)")
     p.add_argument("--storage", help="Tune storage: a shared path or URI (default: state dir)")
     p.add_argument("--dry-run", action="store_true", help="print the trials, run nothing")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another driver runs the study, wait for it to end instead of refusing",
+    )
     p = add("ui", cmd_ui, "serve the local MLflow UI")
     p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: 5000)")
     add("list", cmd_list, "list studies")

@@ -13,15 +13,18 @@ import json
 import math
 import platform
 import signal
+import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 from ray import tune
 
+from study.lock import hold_study
 from study.search import build_scheduler, build_search, grid_param_space
 from study.space import StudySpec
-from study.trial import StudyContext, train
+from study.trial import OUTAGE, StudyContext, train
 from transinv import constraints
 from transinv.config import ConfigError
 from transinv.tracking import (
@@ -126,11 +129,15 @@ class RunCloser(tune.Callback):
         self.tracking_uri, self.study = tracking_uri, study
 
     def _close(self, trial, status: str, error: str | None = None) -> None:
-        tracker = Tracker(self.tracking_uri)
-        exp = tracker.experiment(self.study)
-        for run in tracker.find_runs(exp, trial_filter(trial.trial_id)):
-            if run.info.status == "RUNNING":
-                tracker.finish(run.info.run_id, status, error)
+        try:
+            tracker = Tracker(self.tracking_uri)
+            exp = tracker.experiment(self.study)
+            for run in tracker.find_runs(exp, trial_filter(trial.trial_id)):
+                if run.info.status == "RUNNING":
+                    tracker.finish(run.info.run_id, status, error)
+        except Exception as exc:  # the server away: the next reconcile or resume closes it
+            print(f"warning: could not close the run of trial {trial.trial_id}: {exc}",
+                  file=sys.stderr)  # fmt: skip
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._close(trial, "FINISHED")
@@ -138,6 +145,21 @@ class RunCloser(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         message = getattr(trial, "error_message", None) or "trial errored (see Ray logs)"
         self._close(trial, "FAILED", str(message))
+
+
+class OutageStop(tune.Callback):
+    """Driver-side: a trial reports that the tracking server stayed away longer than
+    `run.tracking_outage_s` (having checkpointed what it could not deliver); the study stops as
+    on Ctrl-C, with Tune's state saved, so a relaunch resumes every trial."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get(OUTAGE) and not self.stopping:
+            self.stopping = True
+            print(f"stopping the study: {result[OUTAGE]}", file=sys.stderr, flush=True)
+            signal.raise_signal(signal.SIGINT)
 
 
 def make_tuner(spec: StudySpec, context: StudyContext, storage: str, resume: bool) -> tune.Tuner:
@@ -167,7 +189,7 @@ def make_tuner(spec: StudySpec, context: StudyContext, storage: str, resume: boo
             # One checkpoint per evaluation. Keeping 4: after a kill -9 the last experiment
             # snapshot can name a checkpoint older than the newest two (seen with 2).
             checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
-            callbacks=[RunCloser(context.tracking_uri, spec.name)],
+            callbacks=[RunCloser(context.tracking_uri, spec.name), OutageStop()],
             verbose=1,
         ),
     )
@@ -179,8 +201,11 @@ def reconcile_runs(tracker: Tracker, spec: StudySpec, grid, interrupted: bool) -
     states = {}
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id")
-        if trial_id:
-            states[trial_id] = "FAILED" if result.error else "FINISHED"
+        if trial_id and result.error:
+            states[trial_id] = "FAILED"
+        elif trial_id and (_completed(result) or not interrupted):
+            # Not interrupted and not done: stopped early by the scheduler, which ends it.
+            states[trial_id] = "FINISHED"
     exp = tracker.experiment(spec.name)
     for run in tracker.find_runs(exp, status_filter("RUNNING")):
         trial_id = run.data.tags.get(TAG_TRIAL)
@@ -192,11 +217,23 @@ def reconcile_runs(tracker: Tracker, spec: StudySpec, grid, interrupted: bool) -
 
 
 def run_study(
-    spec: StudySpec, tracking_uri: str, storage: str, local_storage: bool = True
+    spec: StudySpec,
+    tracking_uri: str,
+    storage: str,
+    local_storage: bool = True,
+    wait: bool = False,
 ) -> StudyOutcome:
-    """Run (or resume) a study to the end; Ctrl-C or SIGTERM stops it resumably."""
-    tracker = Tracker(tracking_uri)
+    """Run (or resume) a study to the end; Ctrl-C or SIGTERM stops it resumably. One driver
+    per study: StudyBusy at once if another holds it, unless `wait` (`study/lock.py`)."""
     experiment_dir = Path(storage) / spec.name
+    with hold_study(experiment_dir, spec.name, wait) if local_storage else nullcontext():
+        return _run_study(spec, tracking_uri, storage, local_storage, experiment_dir)
+
+
+def _run_study(
+    spec: StudySpec, tracking_uri: str, storage: str, local_storage: bool, experiment_dir: Path
+) -> StudyOutcome:
+    tracker = Tracker(tracking_uri)
     resume = check_resumable(spec, experiment_dir) if local_storage else True
     parent = open_parent_run(spec, tracker)
     # Shared by every study in the same storage, so studies reuse each other's pretrainings.
@@ -220,14 +257,20 @@ def run_study(
     outcome = StudyOutcome(
         spec.name, experiment_dir, expected_trials(spec), finished, errored, parent
     )
-    reconcile_runs(tracker, spec, grid, interrupted=not outcome.complete)
-    if spec.multi_objective:
-        log_pareto_front(tracker, spec, parent)
-    if outcome.complete:
-        tracker.set_tags(parent, {TAG_FINISHED_TRIALS: finished, TAG_ERRORS: errored})
-        tracker.finish(parent, "FINISHED")
-    else:
-        tracker.finish(parent, "KILLED")
+    try:
+        reconcile_runs(tracker, spec, grid, interrupted=not outcome.complete)
+        if spec.multi_objective:
+            log_pareto_front(tracker, spec, parent)
+        if outcome.complete:
+            tracker.set_tags(parent, {TAG_FINISHED_TRIALS: finished, TAG_ERRORS: errored})
+            tracker.finish(parent, "FINISHED")
+        else:
+            tracker.finish(parent, "KILLED")
+    except Exception as exc:
+        if outcome.complete:
+            raise
+        # Stopped by a tracking outage: the runs stay RUNNING until the relaunch ends them.
+        print(f"warning: run states not updated on {tracking_uri}: {exc}", file=sys.stderr)
     return outcome
 
 
