@@ -144,6 +144,9 @@ def representations(study: StudyData) -> Section:
         return section
     by = study.conditions
     start = start.assign(layer=start["key"].map(layer_of), condition=condition_labels(start, by))
+    if "pretrain.dataset" in start:
+        # A vanilla start ignores the pretraining keys a grid may cross it with: one condition.
+        start.loc[start["pretrain.dataset"].eq("none"), "condition"] = "vanilla"
     section.figures["g_by_layer.png"] = study_plots.layer_profile(
         start, "layer", "value", "condition", "new items before finetuning"
     )
