@@ -102,6 +102,21 @@ def progress(run) -> tuple[str, int]:
     return phase, int(step)
 
 
+def assert_one_point_per_step(uri: str, study: str, pretrain_steps: int, finetune_steps: int,
+                              every: int = 10) -> None:  # fmt: skip
+    """MLflow's own history (not `results.curves`, which dedupes) holds exactly one point per
+    (run, key, step) for every key of every trial run, and every evaluation step is there."""
+    client = MlflowClient(uri)
+    schedule = {metrics.PRETRAIN_ACC: pretrain_steps, metrics.ACC_UNTRAINED: finetune_steps}
+    for run in trial_runs(uri, study):
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (run.info.run_name, key, sorted(steps))
+            if key in schedule:
+                assert set(steps) == set(range(0, schedule[key] + 1, every)), (key, steps)
+        assert metrics.ACC_UNTRAINED in run.data.metrics, run.info.run_name
+
+
 def wait_for(predicate, timeout: float = 120, every: float = 0.3):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -137,6 +152,7 @@ def test_study_tracks_every_trial_in_mlflow(finished, tracking_uri):
     long = curves(runs, [metrics.ACC_UNTRAINED, "invariance/G/fc1"])
     assert set(long["step"]) == {0, 10, 20}
     assert not long.duplicated(["run_id", "key", "step"]).any()
+    assert_one_point_per_step(tracking_uri, "track", 20, 20)
 
     client = MlflowClient(tracking_uri)
     run = client.get_run(runs["run_id"][0])
@@ -195,7 +211,9 @@ def test_dry_run_lists_grid_trials_without_ray(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_study_exits_nonzero_and_resumes(tmp_path, tracking_uri, home, signum):
+def test_interrupted_study_exits_nonzero_and_resumes(
+    tmp_path, tracking_uri, home, signum, capsys
+):
     """Ctrl-C (SIGINT) and SIGTERM both stop the study resumably: in-flight trials continue
     from their checkpoints on relaunch."""
     name = f"sig{int(signum)}"
@@ -215,13 +233,19 @@ def test_interrupted_study_exits_nonzero_and_resumes(tmp_path, tracking_uri, hom
     code, out = finish(proc)
     assert code == 130 and "to resume" in out, out
     interrupted = trial_runs(tracking_uri, name)
-    assert {r.info.status for r in interrupted} <= {"KILLED", "FINISHED"}
+    # Cut off mid-training: KILLED, not FINISHED, and `study status` says so.
+    assert interrupted and {r.info.status for r in interrupted} == {"KILLED"}
+    assert all(progress(r)[0] != "done" for r in interrupted)
     kill_group(proc)  # what the interrupted driver left of its local Ray
+    assert cli.main(["status", name, "--tracking-uri", tracking_uri]) == 0
+    assert f'"KILLED": {len(interrupted)}' in capsys.readouterr().out
 
     code, out = finish(driver(space, tracking_uri, home))
     assert code == 0, out
     runs = trial_runs(tracking_uri, name)
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.info.run_id for r in interrupted} <= {r.info.run_id for r in runs}  # same runs
+    assert_one_point_per_step(tracking_uri, name, 200, 100)
     # Resumed, not restarted: step 0 of pretraining was logged once per run.
     long = curves(load_runs(name, tracking_uri), [metrics.PRETRAIN_ACC])
     assert not long.duplicated(["run_id", "key", "step"]).any()
@@ -281,6 +305,7 @@ def test_killed_driver_resumes_without_duplicate_runs(tmp_path, tracking_uri, ho
     long = curves(frame, [metrics.PRETRAIN_LOSS, metrics.ACC_UNTRAINED])
     assert not long.duplicated(["run_id", "key", "step"]).any()
     assert set(long[long["key"] == metrics.ACC_UNTRAINED]["step"]) == {0, 10, 20, 30, 40, 50, 60}
+    assert_one_point_per_step(tracking_uri, "killed", 60, 60)
 
 
 def test_nan_loss_fails_that_trial_only_and_names_phase_and_step(tmp_path, tracking_uri, home):
