@@ -6,7 +6,7 @@ probe layer: conv1-4, fc1, logits), the accuracy at every centre and per layer t
 between each item's activations at the trained centre and at the grid centre, for the same item
 (I) and for an other-class partner (D):
 
-  library  `transinv.evaluation.evaluate_grid`: whole centres batched together (`eval_batch`
+  library  `transinv.grid.evaluate_grid`: whole centres batched together (`eval_batch`
            canvases per forward pass: 512 at 64 px), canvases pasted by `Renderer`, activations
            captured flattened in memory order, both cosines of a layer from one batched matmul.
   loop     what a straightforward implementation does: for each centre, paste the 64 items
@@ -53,7 +53,7 @@ from torch import nn
 
 from transinv.canvas import Renderer
 from transinv.config import from_flat
-from transinv.evaluation import (
+from transinv.grid import (
     GridResult,
     eval_batch,
     evaluate_grid,

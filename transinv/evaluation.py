@@ -1,17 +1,15 @@
-"""Evaluating a network: running it over the test grid (accuracy at every canvas centre and
-per-layer activation similarity, batched over centres and items, no loop over single images), and
-assembling each phase's evaluation record (`evaluate_pretrain`, `evaluate_finetune`) with the
-values its forgetting curves follow.
+"""Assembling each phase's evaluation record (`evaluate_pretrain`, `evaluate_finetune`) with the
+values its forgetting curves follow, accuracy at given centres and positional consistency.
 
-The arithmetic on the resulting arrays (summaries, G, forgetting) and every metric key live in
+Running a net over the test grid lives in `grid.py`; jaggedness, N-way matching and the
+horizontal-line cosine (extra passes at chosen centres) in `shifts.py`; the arithmetic on the
+resulting arrays (summaries, G, jaggedness, N-way accuracy, forgetting) and every metric key in
 `metrics.py`; when to evaluate, in `trainer.py`. A new metric: its key and pure function in
-`metrics.py`, its call in an `evaluate_*` here.
+`metrics.py`, its call in an `evaluate_*` here (or in `shifts.py` when it needs passes of its own).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,13 +18,9 @@ from torch import nn
 
 from transinv import metrics
 from transinv.canvas import Renderer
+from transinv.grid import TestGrid, eval_batch, eval_mode, evaluate_grid
 from transinv.regimes import uniform_int, valid_range
-
-EVAL_PIXELS = 64 * 64 * 64
-"""Canvas pixels per forward pass during evaluation: 64 canvases of 64 px. Larger passes were
-slower on 2 CPU cores (benchmarks/bench_eval.py: 512 canvases per pass took 1.8x longer, the
-allocator mapping and unmapping their activations every time); at 224 px the same budget is 5
-canvases, which keeps a VGG's first-block activations small."""
+from transinv.shifts import hline_cosine, jaggedness_at, nway_at
 
 
 @dataclass(frozen=True)
@@ -56,71 +50,6 @@ class HeldOut:
     num_classes: int
 
 
-def eval_batch(size: int) -> int:
-    """Canvases per evaluation forward pass for a canvas side."""
-    return max(1, EVAL_PIXELS // (size * size))
-
-
-@dataclass(frozen=True)
-class TestGrid:
-    """The centres items are tested at, and what they are relative to.
-
-    xs, ys: pixel centres along each axis (the grid is their product).
-    """
-
-    xs: np.ndarray
-    ys: np.ndarray
-    step: int
-    offset: int
-    trained: tuple[int, int]
-    stride: int
-    item_size: int
-
-    @property
-    def step_aligned(self) -> bool:
-        """Whether the grid step is a multiple of the net's total stride (overstates
-        invariance)."""
-        return self.step % self.stride == 0
-
-    def centres(self) -> np.ndarray:
-        """[Gy * Gx, 2] (x, y), row-major over (y, x)."""
-        gx, gy = np.meshgrid(self.xs, self.ys)
-        return np.stack([gx.ravel(), gy.ravel()], axis=1)
-
-    def untrained(self) -> np.ndarray:
-        return metrics.untrained_mask(self.xs, self.ys, self.trained, self.item_size)
-
-    def aligned(self) -> np.ndarray:
-        return metrics.aligned_mask(self.xs, self.ys, self.trained, self.stride)
-
-    def describe(self) -> dict[str, float]:
-        return {
-            "grid_step_px": self.step,
-            "grid_offset_px": self.offset,
-            "grid_points": len(self.xs) * len(self.ys),
-            "stride": self.stride,
-            "grid_step_aligned": float(self.step_aligned),
-        }
-
-
-def build_grid(
-    size: int,
-    item_size: int,
-    step: float,
-    offset: float,
-    trained: tuple[int, int],
-    stride: int,
-) -> TestGrid:
-    """Centres from the low edge of the valid range + offset, every `step` (canvas fractions)."""
-    lo, hi = valid_range(size, item_size)
-    step_px = max(1, round(step * size))
-    offset_px = round(offset * size)
-    axis = np.arange(lo + offset_px, hi, step_px)
-    if len(axis) == 0:
-        axis = np.array([lo])
-    return TestGrid(axis, axis.copy(), step_px, offset_px, trained, stride, item_size)
-
-
 def balanced_subset(labels: torch.Tensor, n: int) -> torch.Tensor:
     """Indices of n items, round-robin over classes (item i has class i % C while classes last),
     so every class is tested about equally. labels: [M], sorted or not."""
@@ -132,118 +61,6 @@ def balanced_subset(labels: torch.Tensor, n: int) -> torch.Tensor:
         out.extend(p[depth] for p in pools if depth < len(p))
         depth += 1
     return torch.tensor(out[:n])
-
-
-def other_class_partner(labels: torch.Tensor) -> torch.Tensor:
-    """A permutation pi with labels[pi[i]] != labels[i] for every i (a cyclic shift), for the
-    different-item baseline D."""
-    n = len(labels)
-    for shift in range(1, n):
-        perm = torch.roll(torch.arange(n), -shift)
-        if bool((labels[perm] != labels).all()):
-            return perm
-    raise ValueError("the D baseline needs items of at least two classes")
-
-
-@contextmanager
-def probed(net: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
-    """Collect the outputs of the named probe layers on each forward, flattened: [B, D]."""
-    captured: dict[str, torch.Tensor] = {}
-    handles = []
-    for name in layers:
-
-        def hook(module, inputs, output, name=name):
-            if output.dim() == 4 and output.is_contiguous(memory_format=torch.channels_last):
-                # Flatten in memory order (a view, not a copy); cosines do not depend on the
-                # order of units as long as every activation uses the same one.
-                output = output.permute(0, 2, 3, 1)
-            captured[name] = output.flatten(1)
-
-        handles.append(net.probe_layers[name].register_forward_hook(hook))
-    try:
-        yield captured
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextmanager
-def eval_mode(net: nn.Module) -> Iterator[None]:
-    """Eval mode and no grad for the block; the previous per-module modes come back after."""
-    modes = {m: m.training for m in net.modules()}
-    net.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, training in modes.items():
-            m.training = training
-
-
-def _forward(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    return net(images.contiguous(memory_format=torch.channels_last))
-
-
-@dataclass(frozen=True)
-class GridResult:
-    """acc: [Gy, Gx] accuracy at each centre; acc_trained: accuracy at the trained centre;
-    i_grids / d_grids: layer -> [Gy, Gx] mean cosine (same item / other-class item) between an
-    item at the trained centre and at each grid centre."""
-
-    acc: np.ndarray
-    acc_trained: float
-    i_grids: dict[str, np.ndarray]
-    d_grids: dict[str, np.ndarray]
-
-
-def evaluate_grid(
-    net: nn.Module,
-    items: torch.Tensor,
-    labels: torch.Tensor,
-    grid: TestGrid,
-    render: Renderer,
-    layers: Sequence[str] = (),
-    device: torch.device | str = "cpu",
-) -> GridResult:
-    """Every item at every grid centre, in batches of whole centres.
-
-    items: [N, k, k]; labels: [N]; render(items, centres [B, 2]) -> canvases [B, C, S, S].
-    """
-    device = torch.device(device)
-    items, labels = items.to(device), labels.to(device)
-    n = len(items)
-    # D pairs item i at the trained centre with its partner pi(i) at p; summed over items that
-    # is item j at p against reference pi^-1(j), so the references are permuted, not the
-    # (much larger) activations at p.
-    unpartner = torch.argsort(other_class_partner(labels.cpu())).to(device) if layers else None
-    centres = torch.from_numpy(grid.centres()).long()
-    gy, gx = len(grid.ys), len(grid.xs)
-    correct = torch.zeros(len(centres), device=device)
-    i_sum = {name: torch.zeros(len(centres), device=device) for name in layers}
-    d_sum = {name: torch.zeros(len(centres), device=device) for name in layers}
-    per_pass = max(1, eval_batch(render.size) // n)
-    with eval_mode(net), probed(net, layers) as acts:
-        trained = torch.tensor(grid.trained).repeat(n, 1)
-        ref_logits = _forward(net, render(items, trained))
-        acc_trained = float((ref_logits.argmax(1) == labels).float().mean())
-        refs = {name: metrics.unit_references((a, a[unpartner])) for name, a in acts.items()}
-        for start in range(0, len(centres), per_pass):
-            chunk = centres[start : start + per_pass]
-            p = len(chunk)
-            batch_centres = chunk.repeat_interleave(n, dim=0)
-            logits = _forward(net, render(items.repeat(p, 1, 1), batch_centres))
-            hits = (logits.argmax(1) == labels.repeat(p)).float().view(p, n)
-            correct[start : start + p] = hits.mean(1)
-            for name in layers:
-                dots = metrics.cosines(acts[name].view(p, n, -1), refs[name])  # [n, p, 2]
-                i_sum[name][start : start + p] = dots[:, :, 0].mean(0)
-                d_sum[name][start : start + p] = dots[:, :, 1].mean(0)
-    return GridResult(
-        acc=correct.view(gy, gx).cpu().numpy(),
-        acc_trained=acc_trained,
-        i_grids={k: v.view(gy, gx).cpu().numpy() for k, v in i_sum.items()},
-        d_grids={k: v.view(gy, gx).cpu().numpy() for k, v in d_sum.items()},
-    )
 
 
 def accuracy_at(
@@ -276,18 +93,37 @@ def accuracy_at(
 def random_centres(
     n: int, size: int, item_size: int, gen: torch.Generator, min_distance: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two centres per item, uniform over the valid range, at least `min_distance` apart.
-    Returns ([n, 2], [n, 2])."""
+    """Two valid centres per item at least `min_distance` apart: the first uniform over the
+    centres that have such a partner, the second uniform over its partners. One draw each, no
+    retries (a rejection loop never ended when a first centre had no partner, e.g. the middle
+    of a 32 px canvas with 16 px items). Returns ([n, 2], [n, 2]) as (x, y).
+
+    Raises ValueError when no two valid centres are that far apart (config validation refuses
+    such canvases for one item width up front).
+    """
     lo, hi = valid_range(size, item_size)
-    if min_distance > np.hypot(hi - 1 - lo, hi - 1 - lo):
-        raise ValueError(f"no two centres are {min_distance} px apart on a {size} px canvas")
-    low, high = torch.full((n, 2), lo), torch.full((n, 2), hi)
-    a, b = uniform_int(low, high, gen), uniform_int(low, high, gen)
-    while True:
-        bad = torch.hypot(*(a - b).double().T) < min_distance
-        if not bad.any():
-            return a, b
-        b[bad] = uniform_int(low[bad], high[bad], gen)
+    axis = torch.arange(lo, hi)
+    centres = torch.cartesian_prod(axis, axis)  # [V * V, 2]
+    limit = min_distance**2
+
+    def far(points: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+        """[P, O] bool: squared integer distances, so the comparison is exact."""
+        return ((points[:, None, :] - others[None, :, :]) ** 2).sum(2).double() >= limit
+
+    # The farthest valid centre from any centre is a corner of the valid square.
+    corners = torch.tensor([[lo, lo], [lo, hi - 1], [hi - 1, lo], [hi - 1, hi - 1]])
+    firsts = centres[far(centres, corners).any(1)]
+    if len(firsts) == 0:
+        raise ValueError(
+            f"no two centres are {min_distance:g} px apart on a {size} px canvas with "
+            f"{item_size} px items"
+        )
+    a = firsts[uniform_int(torch.zeros(n, dtype=torch.long), torch.full((n,), len(firsts)), gen)]
+    partners = far(a, centres)  # [n, V * V]
+    k = uniform_int(torch.zeros(n, dtype=torch.long), partners.sum(1), gen)
+    # The k-th partner (0-based): the first place where the running count exceeds k.
+    b = centres[(partners.cumsum(1) > k[:, None]).int().argmax(1)]
+    return a, b
 
 
 def positional_consistency(
@@ -358,8 +194,12 @@ def evaluate_finetune(
     seed: int,
     device: torch.device,
     forgetting: HeldOut | None,
+    nway: int = 5,
+    shift_centres: int = 2,
 ) -> Evaluation:
-    """Accuracy and invariance over the test grid, positional consistency, and (with a previous
+    """Accuracy and invariance over the test grid; positional consistency; jaggedness at the
+    trained centre and at `shift_centres` untrained ones; N-way matching there (`nway`
+    candidates); the authors' pre-ReLU cosine along the horizontal line; and (with a previous
     phase) accuracy on its task through the current trunk and its head: forgetting."""
     loss, train_acc = running
     d = held_out
@@ -369,13 +209,29 @@ def evaluate_finetune(
     out = {metrics.FINETUNE_LOSS: loss, metrics.FINETUNE_TRAIN_ACC: train_acc}
     chance = 1.0 / d.num_classes
     out.update(
-        metrics.grid_summary(result.acc, untrained, grid.aligned(), result.acc_trained, chance)
+        metrics.grid_summary(
+            result.acc, untrained, grid.aligned(), result.acc_trained, chance, grid.near()
+        )
     )
     invariance, g_grids = metrics.invariance_summary(result.i_grids, result.d_grids, untrained)
     out.update(invariance)
     out[metrics.CONSISTENCY] = positional_consistency(
         net, d.items, d.render, d.render.size, seed, device
     )
+    trained = np.array([grid.trained])
+    spread = grid.untrained_spread(shift_centres)
+    out[metrics.JAGGEDNESS], out[metrics.JAGGEDNESS_PROB] = jaggedness_at(
+        net, d.items, trained, d.render, device
+    )
+    out[metrics.JAGGEDNESS_UNTRAINED], out[metrics.JAGGEDNESS_PROB_UNTRAINED] = jaggedness_at(
+        net, d.items, spread, d.render, device
+    )
+    out[metrics.NWAY_CHANCE] = 1.0 / nway
+    nways = nway_at(net, d.items, d.labels, grid, spread, d.render, layers, nway, device)
+    out.update({metrics.invariance_key("nway", name): v for name, v in nways.items()})
+    cos, cos_other = hline_cosine(net, d.items, d.labels, grid, d.render, layers, device)
+    out.update({metrics.invariance_key("cos", name): v for name, v in cos.items()})
+    out.update({metrics.invariance_key("cos_other", name): v for name, v in cos_other.items()})
     if previous_head is not None and forgetting is not None:
         f = forgetting
         out[metrics.FORGETTING_PRETRAIN_ACC], _ = accuracy_at(

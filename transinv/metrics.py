@@ -37,6 +37,19 @@ CHANCE = "finetune/chance"
 """1 / the number of finetuning classes."""
 TRANSFER_RATIO = "finetune/transfer_ratio"
 CONSISTENCY = "finetune/consistency"
+ACC_NEAR = "finetune/acc_near"
+"""Mean over grid centres closer than one item width to the trained one, itself excluded: local
+invariance (shifts below an item width)."""
+JAGGEDNESS = "finetune/jaggedness"
+"""P(top-1 class changes) when an item at the trained centre moves by one pixel (Azulay & Weiss
+2019), over the four one-pixel moves (`ONE_PIXEL_SHIFTS`) and the held-out items."""
+JAGGEDNESS_UNTRAINED = "finetune/jaggedness_untrained"
+"""The same, averaged over `eval.shift_centres` untrained grid centres."""
+JAGGEDNESS_PROB = "finetune/jaggedness_prob"
+"""Mean |change| of the top class's softmax probability under the same one-pixel moves."""
+JAGGEDNESS_PROB_UNTRAINED = "finetune/jaggedness_prob_untrained"
+NWAY_CHANCE = "finetune/nway_chance"
+"""1 / `eval.nway`: chance of `invariance/nway/<layer>`."""
 FORGETTING_PRETRAIN_ACC = "forgetting/pretrain_acc"
 """Pretraining task accuracy through the current trunk and the pretraining head, during
 finetuning: forgetting of the pretraining set."""
@@ -61,7 +74,9 @@ def time_key(part: str) -> str:
 
 
 def invariance_key(quantity: str, layer: str) -> str:
-    """`invariance/I/conv3`, `invariance/D/fc1`, `invariance/G/logits`."""
+    """`invariance/I/conv3`, `invariance/D/fc1`, `invariance/G/logits`; also `nway` (N-way
+    matching accuracy), `cos` (the authors' pre-ReLU cosine along the horizontal line) and
+    `cos_other` (its different-item baseline)."""
     return f"invariance/{quantity}/{layer}"
 
 
@@ -139,14 +154,22 @@ def aligned_mask(xs: np.ndarray, ys: np.ndarray, trained: tuple[int, int], strid
     return ((ys[:, None] - trained[1]) % stride == 0) & ((xs[None, :] - trained[0]) % stride == 0)
 
 
+def near_mask(xs: np.ndarray, ys: np.ndarray, trained: tuple[int, int], item_size: int):
+    """[Gy, Gx] bool: grid centres closer than one item width to the trained one, not itself."""
+    d = np.hypot(xs[None, :] - trained[0], ys[:, None] - trained[1])
+    return (d > 0) & (d < item_size)
+
+
 def grid_summary(
     acc_grid: np.ndarray,
     untrained: np.ndarray,
     aligned: np.ndarray,
     acc_trained: float,
     chance: float,
+    near: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Accuracy over the canvas from a grid A[y, x] and masks of the same shape."""
+    """Accuracy over the canvas from a grid A[y, x] and masks of the same shape (`near`, when
+    given, adds `finetune/acc_near`)."""
 
     def mean(mask: np.ndarray) -> float:
         return float(acc_grid[mask].mean()) if mask.any() else math.nan
@@ -162,7 +185,7 @@ def grid_summary(
         if untrained.any()
         else math.nan,
         TRANSFER_RATIO: transfer_ratio(acc_trained, acc_untrained, chance),
-    }
+    } | ({ACC_NEAR: mean(near)} if near is not None else {})
 
 
 def invariance_summary(
@@ -182,6 +205,63 @@ def invariance_summary(
         scalars[invariance_key("G", layer)] = g_score(i_mean, d_mean)
         grids[g_grid_key(layer)] = np.asarray(g_score(i_grid, d_grids[layer]), dtype=np.float32)
     return scalars, grids
+
+
+ONE_PIXEL_SHIFTS: tuple[tuple[int, int], ...] = ((1, 0), (-1, 0), (0, 1), (0, -1))
+"""(dx, dy) in pixels: the four one-pixel neighbours over which jaggedness averages, so that a
+net whose stride favours one direction is not scored on the lucky one alone."""
+
+
+def jaggedness(logits_at: torch.Tensor, logits_shifted: torch.Tensor) -> tuple[float, float]:
+    """(P(top-1 changes), mean |change of the top-class probability|) under one-pixel moves
+    (Azulay & Weiss 2019, "Why do deep convolutional networks generalize so poorly to small
+    image transformations?").
+
+    logits_at: [N, C], N items at a centre c. logits_shifted: [K, N, C], the same items at K
+    one-pixel neighbours of c (`ONE_PIXEL_SHIFTS`, K = 4). Over all K * N (item, move) pairs:
+    the fraction whose argmax differs from the argmax at c (ties: the first maximal class), and
+    the mean of |softmax(at)[t] - softmax(shifted)[t]| with t the top-1 class at c. Both are 0
+    for a net whose output does not move. Average over centres by calling it per centre.
+    """
+    if logits_at.ndim != 2 or logits_shifted.ndim != 3:
+        raise ValueError(
+            f"jaggedness takes logits_at [N, C] and logits_shifted [K, N, C], got "
+            f"{tuple(logits_at.shape)} and {tuple(logits_shifted.shape)}"
+        )
+    if logits_shifted.shape[1:] != logits_at.shape or logits_shifted.shape[0] == 0:
+        raise ValueError(
+            f"logits_shifted {tuple(logits_shifted.shape)} must be [K >= 1, "
+            f"{', '.join(map(str, logits_at.shape))}] to match logits_at"
+        )
+    at = logits_at.double()
+    shifted = logits_shifted.double()
+    top = at.argmax(dim=1)  # [N]
+    flips = shifted.argmax(dim=2) != top  # [K, N]
+    p_at = at.softmax(dim=1).gather(1, top[:, None])[:, 0]  # [N]
+    p_shifted = shifted.softmax(dim=2).gather(2, top.expand(len(shifted), -1)[..., None])[..., 0]
+    return float(flips.double().mean()), float((p_shifted - p_at).abs().mean())
+
+
+def nway_accuracy(same: torch.Tensor, others: torch.Tensor) -> float:
+    """N-way matching (Biscione & Bowers' later protocol): the fraction of anchors (items at
+    the trained centre) whose most similar of N candidates at an untrained centre is the same
+    item. Chance is 1 / N; unlike the raw cosine it carries its own baseline.
+
+    same: [M], similarity (cosine, at one layer) of each anchor with the same item there.
+    others: [M, N - 1], with N - 1 items of other classes there.
+    A tie between the same item and t others counts 1 / (1 + t), the expected score of picking
+    at random among the tied, so all-equal similarities (all-zero activations) score chance.
+    """
+    if same.ndim != 1 or others.ndim != 2 or others.shape[0] != len(same) or not others.shape[1]:
+        raise ValueError(
+            f"nway_accuracy takes same [M] and others [M, N - 1 >= 1], got "
+            f"{tuple(same.shape)} and {tuple(others.shape)}"
+        )
+    same, others = same.double(), others.double()
+    beaten = (others > same[:, None]).any(dim=1)
+    ties = (others == same[:, None]).sum(dim=1)
+    score = torch.where(beaten, 0.0, 1.0 / (1.0 + ties.double()))
+    return float(score.mean())
 
 
 def forgetting(curve: Mapping[int, float]) -> tuple[float, int]:

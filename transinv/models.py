@@ -105,26 +105,6 @@ def build_model(
     return net
 
 
-def preactivation_layers(net: Net) -> dict[str, nn.Module]:
-    """Probe name -> the module whose INPUT, at its last call in a forward pass, is that probe's
-    activation before the ReLU (the authors' early measure, `invariance/cos/<layer>`); `logits`
-    -> the head, whose output is taken (it has no ReLU).
-
-    A probe that is a ReLU is its own; a probe that is a block (ResNet's stages) gives the last
-    ReLU inside it: its last block's final ReLU, called last in the block's forward.
-    """
-    out: dict[str, nn.Module] = {}
-    for name, module in net.probe_layers.items():
-        if name == "logits" or isinstance(module, nn.ReLU):
-            out[name] = module
-            continue
-        relus = [m for m in module.modules() if isinstance(m, nn.ReLU)]
-        if not relus:
-            raise ValueError(f"probe {name!r} ({type(module).__name__}) holds no ReLU")
-        out[name] = relus[-1]
-    return out
-
-
 def replace_head(net: Net, num_classes: int) -> nn.Linear:
     """Give `net` a freshly initialised output layer for `num_classes`; return the old one."""
     old = net.head
@@ -460,7 +440,6 @@ __all__ = [
     "imagenet_weights_path",
     "load_imagenet_weights",
     "parameter_groups",
-    "preactivation_layers",
     "reinitialize",
     "replace_head",
 ]

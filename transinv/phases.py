@@ -20,15 +20,15 @@ import numpy as np
 import torch
 
 from transinv.canvas import CanvasStream, Renderer
-from transinv.config import TrialConfig, data_root
+from transinv.config import ConfigError, TrialConfig, data_root
 from transinv.evaluation import (
     Evaluation,
     HeldOut,
-    TestGrid,
     balanced_subset,
     evaluate_finetune,
     evaluate_pretrain,
 )
+from transinv.grid import TestGrid
 from transinv.pretrain_cache import PretrainCache
 from transinv.regimes import Placement, parse_class_regimes
 from transinv.sources import ItemSet, load_items
@@ -243,6 +243,13 @@ def build_phases(config: TrialConfig, grid: TestGrid, device: torch.device) -> d
         c.seed * 1000 + 1,
         device,
     )
+    held_classes = len(data.held_out.labels.unique())
+    if c.eval.nway > held_classes:
+        raise ConfigError(
+            f"bad value {c.eval.nway!r} for 'eval.nway': N-way matching needs N classes among "
+            f"the held-out finetuning items, which have {held_classes} ({f.dataset}, "
+            f"eval.items={c.eval.items})"
+        )
     phases["finetune"] = Phase(
         name="finetune",
         data=data,
@@ -260,6 +267,8 @@ def build_phases(config: TrialConfig, grid: TestGrid, device: torch.device) -> d
             seed=c.data.seed,
             device=device,
             forgetting=before.data.held_out if before else None,
+            nway=c.eval.nway,
+            shift_centres=c.eval.shift_centres,
         ),
         records=True,
     )

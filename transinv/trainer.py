@@ -26,7 +26,8 @@ from torch import nn
 
 from transinv import metrics
 from transinv.config import TrialConfig, to_flat, validate
-from transinv.evaluation import Evaluation, TestGrid, build_grid, curve_points
+from transinv.evaluation import Evaluation, curve_points
+from transinv.grid import TestGrid, build_grid
 from transinv.models import (
     Net,
     build_model,
