@@ -15,34 +15,38 @@ PostgreSQL where they are missing.
 
 from __future__ import annotations
 
-import glob
 import os
-import pwd
-import secrets
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import yaml
-from mlflow import MlflowClient
+from cluster_fixtures import (
+    ADMIN,
+    COMPOSE,
+    CREDENTIALS,
+    PROJECT,
+    basic_auth,
+    compose_service,
+    postgres_setting,
+    run_study,
+    running_mlflow,
+    running_postgres,
+    running_ray_cluster,
+    trial_runs,
+)
 
 from study.connect import CHECK_TIMEOUT_S, ClusterError, check_cluster
 from study.server import free_port
-from transinv.tracking import TrackingError, check_reachable
 
-PROJECT = Path(__file__).resolve().parents[1]
-COMPOSE = PROJECT / "docker-compose.yml"
-RAY = Path(sys.executable).with_name("ray")
-COMPOSE_SECRETS = {"RAY_AUTH_TOKEN": "test-token", "POSTGRES_PASSWORD": "test"}
+COMPOSE_SECRETS = {
+    "RAY_AUTH_TOKEN": "test-token",
+    "POSTGRES_PASSWORD": "test",
+    "MLFLOW_TRACKING_PASSWORD": "test-admin",
+    "MLFLOW_SECRET_KEY": "test-key",
+}
 
 SPACE = """\
 # test study on the loopback cluster
@@ -75,9 +79,7 @@ space:
 def docker_compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     exe = shutil.which("docker-compose")
     if exe is None:
-        pytest.fail(
-            "docker-compose is not installed: `bash scripts/test-packages.sh` installs it"
-        )
+        pytest.fail("docker-compose is not installed: `bash scripts/test-packages.sh` installs it")
     return subprocess.run(
         [exe, "-f", str(COMPOSE), *args],
         cwd=PROJECT,
@@ -88,25 +90,14 @@ def docker_compose(*args: str, env: dict[str, str] | None = None) -> subprocess.
     )
 
 
-def compose_service(name: str) -> dict:
-    """A service of docker-compose.yml as written (YAML anchors and merge keys resolved)."""
-    return yaml.safe_load(COMPOSE.read_text())["services"][name]
-
-
-def allowed_hosts() -> str:
-    command = compose_service("mlflow")["command"]
-    return command[command.index("--allowed-hosts") + 1]
-
-
 def test_compose_file_validates_offline():
     assert "name" not in yaml.safe_load(COMPOSE.read_text())  # compose 1.29.2 rejects it
     for profile in ([], ["--profile", "s3"]):
         done = docker_compose(*profile, "config", "-q")
         assert done.returncode == 0, done.stderr
-    missing = docker_compose(
-        "config", "-q", env={"POSTGRES_PASSWORD": "test", "RAY_AUTH_TOKEN": ""}
-    )
-    assert missing.returncode != 0 and "set it in .env" in missing.stderr
+    for secret in COMPOSE_SECRETS:
+        missing = docker_compose("config", "-q", env={**COMPOSE_SECRETS, secret: ""})
+        assert missing.returncode != 0 and "set it in .env" in missing.stderr, secret
 
     done = docker_compose("--profile", "s3", "config")
     assert done.returncode == 0, done.stderr
@@ -127,12 +118,20 @@ def test_compose_file_validates_offline():
         assert node["environment"]["RAY_AUTH_MODE"] == "token"
         assert node["environment"]["RAY_AUTH_TOKEN"] == "test-token"
         assert node["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert node["environment"]["MLFLOW_TRACKING_USERNAME"] == "admin"
+        assert node["environment"]["MLFLOW_TRACKING_PASSWORD"] == "test-admin"
         assert "results:/results:rw" in node["volumes"]
         assert any(v.endswith(":/data:ro") for v in node["volumes"])  # datasets, read-only
         assert node["environment"]["TRANSINV_DATA"] == "/data"
         assert node["shm_size"] in ("2gb", 2 * 2**30, "2147483648")
     mlflow = services["mlflow"]
     assert mlflow["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    command = mlflow["command"]
+    assert command[command.index("--app-name") + 1] == "basic-auth"
+    assert mlflow["environment"]["MLFLOW_AUTH_ADMIN_USERNAME"] == "admin"
+    assert mlflow["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"] == "test-admin"
+    assert mlflow["environment"]["MLFLOW_AUTH_CONFIG_PATH"] == "/etc/mlflow/basic_auth.ini"
+    assert "mlflow-auth:/mlflow-auth:rw" in mlflow["volumes"]
     assert "postgresql+psycopg2://mlflow:test@postgres:5432/mlflow" in mlflow["command"]
     assert services["s3"]["profiles"] == ["s3"] and "minio" not in services["s3"]["image"]
 
@@ -140,259 +139,26 @@ def test_compose_file_validates_offline():
 # -- the same topology on loopback ---------------------------------------------------------------
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of group `pgid` still runs (zombies left to init do not count)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
-def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """SIGTERM to the process group the fixture started, SIGKILL to what is left after a grace
-    period."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and _group_alive(proc.pid):
-            time.sleep(0.2)
-        if not _group_alive(proc.pid):
-            break
-    if proc.poll() is None:
-        proc.wait(timeout=5)
-
-
-def _pg_tool(name: str) -> str:
-    found = sorted(
-        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-        key=lambda p: int(Path(p).parts[4]) if Path(p).parts[4].isdigit() else 0,
-    )
-    if not found:
-        pytest.fail("PostgreSQL is not installed: `bash scripts/test-packages.sh` installs it")
-    return found[-1]
-
-
-@dataclass(frozen=True)
-class Postgres:
-    port: int
-
-    @property
-    def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/mlflow"
-
-    @property
-    def uri(self) -> str:
-        """For MLflow (SQLAlchemy), naming the driver: SQLAlchemy 2.1's default for
-        postgresql:// is psycopg 3, which neither this project nor the compose image installs."""
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/mlflow"
-
-    def query(self, sql: str) -> list[tuple]:
-        import psycopg2
-
-        with psycopg2.connect(self.dsn) as conn, conn.cursor() as cursor:
-            cursor.execute(sql)
-            rows = cursor.fetchall()
-        conn.close()
-        return rows
+@pytest.fixture(scope="module")
+def postgres():
+    with running_postgres(int(postgres_setting("max_connections"))) as pg:
+        yield pg
 
 
 @pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    """A PostgreSQL server of Debian's package, in its own temporary directory."""
-    import psycopg2
-
-    initdb, pg_ctl = _pg_tool("initdb"), _pg_tool("pg_ctl")
-    root = Path(tempfile.mkdtemp(prefix="transinv-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        user = pwd.getpwnam("postgres")
-        os.chown(root, user.pw_uid, user.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", free_port()
-
-    def pg(*args: str) -> None:
-        done = subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stdout + done.stderr
-
-    pg(initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    pg(pg_ctl, "-D", str(data), "-l", str(root / "server.log"), "-o", options, "-w", "start")
-    try:
-        conn = psycopg2.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres")
-        conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute("CREATE DATABASE mlflow")
-        conn.close()
-        yield Postgres(port)
-    finally:
-        subprocess.run(
-            [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
-            capture_output=True,
-            timeout=60,
-        )
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@dataclass(frozen=True)
-class Server:
-    uri: str
-    artifacts: Path
+def mlflow_pg(postgres, tmp_path_factory):
+    """`mlflow server` as in docker-compose.yml (basic auth, pool settings, allowed hosts,
+    proxied artifacts); this test process authenticates as the admin while it runs."""
+    with running_mlflow(postgres, tmp_path_factory.mktemp("mlflow-pg")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
-def mlflow_pg(postgres, tmp_path_factory) -> Iterator[Server]:
-    """`mlflow server` as in docker-compose.yml: PostgreSQL backend, proxied artifacts, the
-    compose file's --allowed-hosts, job execution off."""
-    root = tmp_path_factory.mktemp("mlflow-pg")
-    port = free_port()
-    cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", postgres.uri,
-        "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--allowed-hosts", allowed_hosts(),
-    ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(root / "server.log", "wb") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:  # the first start creates MLflow's tables in PostgreSQL
-            assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
-            try:
-                check_reachable(uri, timeout_s=2.0)
-                break
-            except TrackingError:
-                assert time.monotonic() < deadline, (root / "server.log").read_text()[-3000:]
-        yield Server(uri, root / "artifacts")
-    finally:
-        stop_group(proc)
-
-
-@dataclass(frozen=True)
-class Cluster:
-    address: str
-    env: dict[str, str]
-
-
-def start_ray_node(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """`ray start ... --block` in its own process group; returns once the node is up."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(RAY), "start", *args, "--block"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 60
-    while "Ray runtime started" not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_group(proc)
-            pytest.fail(f"ray start {' '.join(args)} failed:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    return proc
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[Cluster]:
-    """A Ray head and one worker node, one CPU each, token auth with a fresh token."""
-    # Short and our own: Ray's socket paths live in it (107-character limit), and so does the
-    # ray_current_cluster file, which must not redirect other Ray users on this machine.
-    root = Path(tempfile.mkdtemp(prefix="ti-ray-"))
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(16),
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    env.pop("RAY_ADDRESS", None)
-    port = free_port()
-    common = ["--num-cpus=1", f"--object-store-memory={256 * 2**20}"]
-    nodes = []
-    try:
-        nodes.append(
-            start_ray_node(
-                [
-                    "--head",
-                    f"--port={port}",
-                    "--include-dashboard=false",
-                    f"--temp-dir={root}/head",
-                    *common,
-                ],
-                env,
-                root / "head.log",
-            )
-        )
-        nodes.append(
-            start_ray_node(
-                [f"--address=127.0.0.1:{port}", f"--temp-dir={root}/worker", *common],
-                env,
-                root / "worker.log",
-            )
-        )
-        yield Cluster(f"127.0.0.1:{port}", env)
-    finally:
-        for node in reversed(nodes):
-            stop_group(node)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def run_study(
-    cluster: Cluster,
-    uri: str,
-    space: Path,
-    storage: Path,
-    home: Path,
-    address: str | None = None,
-    env: dict[str, str] | None = None,
-    timeout: float = 240,
-) -> tuple[int, str, float]:
-    """`python -m study run` against the cluster, in its own process group; (code, output,
-    seconds)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "study",
-        "run",
-        str(space),
-        "--address",
-        address or cluster.address,
-        "--tracking-uri",
-        uri,
-        "--storage",
-        str(storage),
-    ]
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**(env or cluster.env), "TRANSINV_HOME": str(home)},
-        start_new_session=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        stop_group(proc, grace_s=2.0)
-    return proc.returncode, out, time.monotonic() - started
-
-
-def trial_runs(uri: str, study: str) -> list:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(study)
-    return client.search_runs([exp.experiment_id], "tags.`transinv.role` = 'trial'")
+def ray_cluster():
+    """A Ray head and one worker node, one CPU each, token auth, MLflow credentials in their
+    environment as the compose file gives them."""
+    with running_ray_cluster(workers=1, env=CREDENTIALS) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")
@@ -416,25 +182,34 @@ def test_mlflow_admits_the_compose_host_names_only(mlflow_pg):
         sys.executable,
         *[a.replace("localhost:5000", f"127.0.0.1:{port}") for a in test[2:]],
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    admin = {"MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0], "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1]}
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=30, env={**os.environ, **admin}
+    )
     assert done.returncode == 0, done.stderr
 
     def status(host: str) -> int:
-        request = urllib.request.Request(
-            f"{mlflow_pg.uri}/api/2.0/mlflow/experiments/search?max_results=1",
-            headers={"Host": host},
+        return mlflow_pg.status(
+            "/api/2.0/mlflow/experiments/search?max_results=1",
+            {"Host": host, "Authorization": basic_auth(*ADMIN)},
         )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
 
     assert {h: status(h) for h in ("mlflow:5000", "localhost:5000", "evil.example:5000")} == {
         "mlflow:5000": 200,
         "localhost:5000": 200,
         "evil.example:5000": 403,
     }
+
+
+def test_mlflow_refuses_requests_without_the_env_credentials(mlflow_pg):
+    api = "/api/2.0/mlflow/experiments/search?max_results=1"
+    host = {"Host": "mlflow:5000"}
+    assert mlflow_pg.status(api, host) == 401
+    assert mlflow_pg.status(api, {**host, "Authorization": basic_auth(ADMIN[0], "wrong")}) == 401
+    assert mlflow_pg.status(api, {**host, "Authorization": basic_auth(*ADMIN)}) == 200
+    # Artifacts are proxied through the same server, behind the same check.
+    assert mlflow_pg.status("/api/2.0/mlflow-artifacts/artifacts", host) == 401
+    assert mlflow_pg.status("/health") == 200  # liveness only, no data
 
 
 def test_study_runs_on_both_nodes_and_lands_in_postgres(cluster_study, mlflow_pg, postgres):
@@ -490,6 +265,7 @@ def _without(env: dict[str, str], *names: str) -> dict[str, str]:
         ("wrong token", "RAY_AUTH_TOKEN"),
         ("no auth mode", "RAY_AUTH_MODE is unset"),
         ("mlflow down", "unreachable"),
+        ("no mlflow credentials", "MLFLOW_TRACKING_USERNAME"),
     ],
 )
 def test_misconfigured_cluster_fails_fast_naming_the_fix(
@@ -504,6 +280,8 @@ def test_misconfigured_cluster_fails_fast_naming_the_fix(
         env = {**env, "RAY_AUTH_TOKEN": "wrong"}
     elif case == "no auth mode":
         env = _without(env, "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
+    elif case == "no mlflow credentials":
+        env = _without(env, *CREDENTIALS)
     else:
         uri = f"http://127.0.0.1:{free_port()}"
     code, out, seconds = run_study(
