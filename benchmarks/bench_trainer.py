@@ -25,10 +25,11 @@ same way, so the ratio is the loop's own overhead. Trainer / bare-precomputed is
 also charges the trainer for making its canvases, which the precomputed loop gets for free.
 
 Contenders alternate in rounds of `--steps` steps (who goes first alternates too); the medians
-of the per-round steps/s give the ratios, so machine noise hits all alike.
+of the per-round steps/s give the ratios, so machine noise hits all alike. One intra-op thread by
+default (`--threads 1`): a trial in a study runs on one core (its Ray CPU share).
 
 Run (from the repository root):
-    .venv/bin/python benchmarks/bench_trainer.py          # ~35 s on 2 idle CPU cores, more if busy
+    .venv/bin/python benchmarks/bench_trainer.py          # ~60 s on an idle CPU core, more if busy
     .venv/bin/python benchmarks/bench_trainer.py --quick  # ~8 s, a smoke check
 The last line is `bench_trainer: <trainer steps/s / bare on-the-fly steps/s>x`.
 """
@@ -145,7 +146,9 @@ def bare_precomputed(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (1: what a study trial has)"
+    )
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--steps", type=int, default=6, help="training steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per contender")
