@@ -18,6 +18,7 @@ from study.search import (
     grid_param_space,
 )
 from study.space import active_params, load_space, trial_config
+from study.tuner import expected_trials
 from transinv.config import ConfigError, TrialConfig
 from transinv.constraints import Constraint
 
@@ -70,12 +71,16 @@ def test_smoke_study_loads_as_documented():
     assert spec.name == "smoke"
     assert (spec.objective, spec.mode) == ("finetune/acc_untrained", "max")
     assert [str(c) for c in spec.constraints] == ["finetune/acc_trained >= 0.5"]
-    assert (spec.sampler, spec.seed, spec.samples, spec.max_concurrent) == ("tpe", 0, 4, 2)
+    assert (spec.sampler, spec.seed, spec.samples, spec.max_concurrent) == ("grid", 0, 1, 2)
     assert (spec.cpu, spec.gpu, spec.scheduler) == (1.0, 0.0, "fifo")
     assert spec.fixed["model.arch"] == "tiny_cnn"
-    assert spec.fixed["pretrain.regime"] == "translation"
-    assert list(spec.space) == ["pretrain.dataset", "pretrain.translation", "finetune.freeze"]
-    assert spec.space["pretrain.translation"].when == {"pretrain.dataset": ("glyphs",)}
+    assert spec.fixed["pretrain.regime"] == "whole"
+    assert spec.fixed["finetune.freeze"] == "none"
+    # Vanilla against pretrained, two seeds each: the comparison the run's summary prints.
+    assert list(spec.space) == ["seed", "pretrain.dataset"]
+    assert spec.space["pretrain.dataset"].values == ("none", "glyphs")
+    assert spec.space["seed"].values == (0, 1)
+    assert expected_trials(spec) == 4
     assert len(spec.digest) == 64
     assert SMOKE.read_text().startswith("#")
     assert "python -m study run search_spaces/smoke.yaml" in SMOKE.read_text()
@@ -83,8 +88,8 @@ def test_smoke_study_loads_as_documented():
 
 def test_digest_ignores_comments_and_layout_but_not_values(tmp_path):
     text = SMOKE.read_text()
-    same = "# another comment\n" + text.replace("samples: 4", "samples:    4   # four")
-    other = text.replace("samples: 4", "samples: 5")
+    same = "# another comment\n" + text.replace("samples: 1", "samples:    1   # one")
+    other = text.replace("samples: 1", "samples: 2")
     digest = load_space(SMOKE).digest
     assert load_space(write(tmp_path, same, "a.yaml")).digest == digest
     assert load_space(write(tmp_path, other, "b.yaml")).digest != digest
