@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ray import tune
 
+from study.console import Progress
 from study.lock import hold_study
 from study.search import build_scheduler, build_search, grid_param_space
 from study.space import StudySpec
@@ -162,13 +163,22 @@ class OutageStop(tune.Callback):
             signal.raise_signal(signal.SIGINT)
 
 
-def make_tuner(spec: StudySpec, context: StudyContext, storage: str, resume: bool) -> tune.Tuner:
+def make_tuner(
+    spec: StudySpec, context: StudyContext, storage: str, resume: bool, verbose: bool = False
+) -> tune.Tuner:
+    """A new Tuner, or the saved one when `resume` and one is saved. The console shows the
+    project's compact progress (`console.Progress`), or Ray's own tables when `verbose`."""
     trainable = tune.with_resources(
         tune.with_parameters(train, study=context), {"cpu": spec.cpu, "gpu": spec.gpu}
     )
     path = f"{storage.rstrip('/')}/{spec.name}"
+    callbacks = [RunCloser(context.tracking_uri, spec.name), OutageStop()]
+    if not verbose:
+        callbacks.append(Progress(spec, expected_trials(spec)))
     if resume and tune.Tuner.can_restore(path):
-        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        set_console(tuner, callbacks, verbose)
+        return tuner
     return tune.Tuner(
         trainable,
         param_space=grid_param_space(spec) if spec.sampler == "grid" else {},
@@ -189,10 +199,25 @@ def make_tuner(spec: StudySpec, context: StudyContext, storage: str, resume: boo
             # One checkpoint per evaluation. Keeping 4: after a kill -9 the last experiment
             # snapshot can name a checkpoint older than the newest two (seen with 2).
             checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
-            callbacks=[RunCloser(context.tracking_uri, spec.name), OutageStop()],
-            verbose=1,
+            callbacks=callbacks,
+            verbose=1 if verbose else 0,
         ),
     )
+
+
+def set_console(tuner: tune.Tuner, callbacks: list[tune.Callback], verbose: bool) -> None:
+    """This launch's callbacks and verbosity on a restored Tuner.
+
+    `Tuner.restore` (Ray 2.60) takes no RunConfig: it unpickles the first launch's, whose
+    callbacks hold that launch's tracking URI (a local server takes a new port each launch)
+    and whose verbosity was that launch's `--verbose`. The private `_local_tuner` holds the
+    config (absent under Ray Client, where the saved one stands)."""
+    local = getattr(tuner, "_local_tuner", None)
+    if local is None:
+        return
+    run_config = local.get_run_config()
+    run_config.callbacks = callbacks
+    run_config.verbose = 1 if verbose else 0
 
 
 def reconcile_runs(tracker: Tracker, spec: StudySpec, grid, interrupted: bool) -> None:
@@ -222,16 +247,23 @@ def run_study(
     storage: str,
     local_storage: bool = True,
     wait: bool = False,
+    verbose: bool = False,
 ) -> StudyOutcome:
     """Run (or resume) a study to the end; Ctrl-C or SIGTERM stops it resumably. One driver
-    per study: StudyBusy at once if another holds it, unless `wait` (`study/lock.py`)."""
+    per study: StudyBusy at once if another holds it, unless `wait` (`study/lock.py`). The
+    console shows the project's compact progress, or Ray's own output when `verbose`."""
     experiment_dir = Path(storage) / spec.name
     with hold_study(experiment_dir, spec.name, wait) if local_storage else nullcontext():
-        return _run_study(spec, tracking_uri, storage, local_storage, experiment_dir)
+        return _run_study(spec, tracking_uri, storage, local_storage, experiment_dir, verbose)
 
 
 def _run_study(
-    spec: StudySpec, tracking_uri: str, storage: str, local_storage: bool, experiment_dir: Path
+    spec: StudySpec,
+    tracking_uri: str,
+    storage: str,
+    local_storage: bool,
+    experiment_dir: Path,
+    verbose: bool = False,
 ) -> StudyOutcome:
     tracker = Tracker(tracking_uri)
     resume = check_resumable(spec, experiment_dir) if local_storage else True
@@ -239,7 +271,7 @@ def _run_study(
     # Shared by every study in the same storage, so studies reuse each other's pretrainings.
     cache = str(Path(storage) / "pretrain_cache") if spec.pretrain_cache and local_storage else ""
     context = StudyContext(spec, tracking_uri, parent, cache)
-    tuner = make_tuner(spec, context, storage, resume)
+    tuner = make_tuner(spec, context, storage, resume, verbose)
     if local_storage:
         experiment_dir.mkdir(parents=True, exist_ok=True)
         (experiment_dir / STUDY_FILE).write_text(
