@@ -1,9 +1,11 @@
-"""Benchmark: batched canvas generation against a per-item PIL pipeline.
+"""Benchmark: batched canvas generation against a per-item PIL pipeline, under the conditions
+trials run in, and the share of a training step that making its canvases takes.
 
 Two ways to make the same training batch (the default preset's pretraining stream: glyphs,
-regime `whole`, 64 px canvas, 16 px items, batch 64, 1 channel, normalised):
+regime `whole`, 64 px canvas, 16 px items, 1 channel, normalised; batch 32, the small budget's
+`optim.batch_size` that the studies run):
 
-  library  `CanvasStream.next_batch(64)`: draws classes, exemplars and centres, then pastes the
+  library  `CanvasStream.next_batch(32)`: draws classes, exemplars and centres, then pastes the
            whole batch with one indexed assignment on tensors. The stream's generator is reset
            before every call, so each call makes exactly the batch the PIL pipeline makes (the
            reset is timed with it).
@@ -19,35 +21,50 @@ where is read back from its canvases (the item under each returned centre is mat
 training set), so the baseline does not reimplement the library's sampling. Before timing, the
 two batches are checked equal up to the uint8 rounding of the PIL images (half a grey level).
 
-The contenders alternate in rounds (who goes first alternates too), each round calling each one
-for about `--round-s` seconds; the medians of the per-batch times give the ratio, so machine
-noise hits both alike. A third line times the library's paste alone (`Renderer`, no drawing).
-The PIL pipeline runs on one thread whatever `--threads` says; the library uses the threads. When
-other processes keep the same cores busy, the library's small two-thread ops stall on descheduled
-workers (measured: 0.3 ms a batch became 1-40 ms), while on one thread they do not: compare
-`--threads 1` before reading a low ratio as slow pasting.
+Two more contenders, timed the same way: the library's paste alone (`Renderer`, no drawing), and
+one training step of the preset's net (small_cnn at 64 px, batch 32, on the library's batch,
+channels_last: forward, cross-entropy, backward, Adam step). The share of a training step that
+canvas generation takes is next_batch / (next_batch + that step), the step a trial takes.
+
+Conditions: as in a study, where each trial has one core (`--threads 1`) and two trials run at
+once on the 2-core machine. The script starts `--processes` (2) copies of the measurement side
+by side (multiprocessing, spawn), each with its own torch on `--threads` threads; they set up,
+wait for each other, then time together. Every figure printed is the median over the copies of
+each copy's own figure. With more threads than cores free, the library's small multi-threaded
+ops stall on descheduled workers (measured at `--threads 2` beside other work: 0.3 ms a batch
+became 1-40 ms, the ratio 0.7x against 12.6x at one thread).
+
+Within each copy the contenders alternate in rounds (the order reversing between rounds), each
+round calling each one for about `--round-s` seconds; the medians of the per-call times give the
+ratios, so machine noise hits all alike.
 
 Run (from the repository root):
-    .venv/bin/python benchmarks/bench_canvas.py          # ~25 s on 2 idle CPU cores, more if busy
-    .venv/bin/python benchmarks/bench_canvas.py --quick  # ~6 s, a smoke check
-The last line is `bench_canvas: <PIL time / library time>x`.
+    .venv/bin/python benchmarks/bench_canvas.py          # ~40 s on 2 idle CPU cores, more if busy
+    .venv/bin/python benchmarks/bench_canvas.py --quick  # ~10 s, a smoke check
+The last line is `bench_canvas: <PIL time / library time>x` (median over the copies).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import time
+import traceback
 from collections.abc import Callable
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
 
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
+from torch import nn
 
 from transinv.canvas import CanvasStream
 from transinv.config import from_flat
+from transinv.models import build_model
 from transinv.trainer import build_setup, select_device
 
 
@@ -122,21 +139,14 @@ def pil_batch(
     return torch.stack(out).to(device)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=31)
-    parser.add_argument("--round-s", type=float, default=0.2, help="seconds per contender/round")
-    parser.add_argument("--quick", action="store_true", help="3 short rounds: a smoke check")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.rounds, args.round_s = 3, 0.05
-
+def measure(args: argparse.Namespace, barrier: Barrier | None = None) -> dict:
+    """One copy's measurement: what it ran on, its checks, and each contender's median seconds
+    per call. With `barrier`, waits there for the other copies before timing."""
     torch.set_num_threads(args.threads)
     device = select_device(args.device)
-    config = from_flat({"run.device": args.device, "run.threads": args.threads})
+    config = from_flat(
+        {"run.device": args.device, "run.threads": args.threads, "optim.batch_size": args.batch}
+    )
     setup = build_setup(config, device, args.threads)
     stream = setup.phases["pretrain"].data.stream
     render = stream.render
@@ -144,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # One batch, made by the library; the baseline gets the same items at the same centres.
     start_state = stream.state()
-    images, _, centres = stream.next_batch(args.batch)
+    images, batch_labels, centres = stream.next_batch(args.batch)
     index = placed_items(stream, images, centres)
     pil_items = [
         Image.fromarray(np.asarray((item * 255).round().to(torch.uint8)))
@@ -174,44 +184,132 @@ def main(argv: list[str] | None = None) -> None:
         if d > 0.5 / 255 + 1e-6:
             raise AssertionError(f"{name} canvases differ from the library's by {d:.4g} (pixels)")
 
-    print(
-        f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads "
-        f"(CPUs available: {len(os.sched_getaffinity(0))}, load average "
-        f"{os.getloadavg()[0]:.2f})"
-    )
-    print(
-        f"setup: {setup.config.pretrain.dataset}, regime {setup.config.pretrain.regime}, "
-        f"canvas {render.size} px, items {k} px ({len(stream.train)} training items), "
-        f"batch {args.batch}, {render.channels} channel, normalised "
-        f"(mean {render.mean:.4f}, std {render.std:.4f})"
-    )
-    print(
-        f"checked: max |library - PIL| = {diff['pil']:.2e} (pixel units; uint8 rounding bound "
-        f"{0.5 / 255:.2e}), max |library - paste only| = {diff['paste_only']:.2e}"
-    )
-    print(f"{args.rounds} rounds, ~{args.round_s} s per contender per round, alternating")
+    c = config.canvas
+    classes = stream.items.num_classes
+    net = build_model(config.model.arch, classes, c.channels, c.size)
+    net = net.to(device, memory_format=torch.channels_last).train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.optim.lr)
+    step_images = reference.contiguous(memory_format=torch.channels_last)
 
-    times = side_by_side(
-        {"library": library, "paste_only": paste_only, "pil": pil},
-        args.rounds,
-        args.round_s,
-        device,
+    def train_step() -> None:
+        loss = nn.functional.cross_entropy(net(step_images), batch_labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    contenders = {"library": library, "paste_only": paste_only, "pil": pil, "step": train_step}
+    for fn in contenders.values():  # warm up before waiting, so the copies start timing together
+        fn()
+    if barrier is not None:
+        barrier.wait(timeout=600)
+    load = os.getloadavg()[0]
+    times = side_by_side(contenders, args.rounds, args.round_s, device)
+    return {
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "load": load,
+        "setup": (
+            f"{config.pretrain.dataset}, regime {config.pretrain.regime}, canvas {render.size} "
+            f"px, items {k} px ({len(stream.train)} training items), batch {args.batch}, "
+            f"{render.channels} channel, normalised (mean {render.mean:.4f}, std "
+            f"{render.std:.4f}); training step: {config.model.arch} ({classes} classes), Adam "
+            f"lr {config.optim.lr:g}, channels_last"
+        ),
+        "diff": diff,
+        "median": {name: statistics.median(t) for name, t in times.items()},
+        "spread": {name: (min(t), max(t)) for name, t in times.items()},
+    }
+
+
+def copy_of_measure(args: argparse.Namespace, barrier: Barrier, results: Queue) -> None:
+    """A side-by-side copy (a spawned process): its result, or its error, goes to `results`."""
+    try:
+        results.put(("ok", measure(args, barrier)))
+    except BaseException:
+        barrier.abort()  # the other copies stop waiting
+        results.put(("error", traceback.format_exc()))
+
+
+def side_by_side_copies(args: argparse.Namespace) -> list[dict]:
+    """`args.processes` copies of `measure` at once, each in its own process."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(args.processes), context.Queue()
+    copies = [
+        context.Process(target=copy_of_measure, args=(args, barrier, results))
+        for _ in range(args.processes)
+    ]
+    for p in copies:
+        p.start()
+    outcomes = [results.get(timeout=1800) for _ in copies]
+    for p in copies:
+        p.join()
+    errors = [text for status, text in outcomes if status == "error"]
+    if errors:
+        raise RuntimeError("a copy of the measurement failed:\n" + errors[0])
+    return [result for _, result in outcomes]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads per copy (1: a trial's)"
     )
-    median = {name: statistics.median(t) for name, t in times.items()}
+    parser.add_argument(
+        "--processes", type=int, default=2, help="copies measuring side by side (2: two trials)"
+    )
+    parser.add_argument("--batch", type=int, default=32, help="optim.batch_size")
+    parser.add_argument("--rounds", type=int, default=31)
+    parser.add_argument("--round-s", type=float, default=0.2, help="seconds per contender/round")
+    parser.add_argument("--quick", action="store_true", help="3 short rounds: a smoke check")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.round_s = 3, 0.05
+
+    copies = side_by_side_copies(args)
+    first = copies[0]
+    print(
+        f"torch {first['torch']}, device {first['device']}, {len(copies)} copies side by side, "
+        f"{first['threads']} threads each (CPUs available: {first['cpus']}, load average "
+        f"{max(c['load'] for c in copies):.2f} when timing began)"
+    )
+    print(f"setup: {first['setup']}")
+    worst = {name: max(c["diff"][name] for c in copies) for name in first["diff"]}
+    print(
+        f"checked (every copy): max |library - PIL| = {worst['pil']:.2e} (pixel units; uint8 "
+        f"rounding bound {0.5 / 255:.2e}), max |library - paste only| = "
+        f"{worst['paste_only']:.2e}"
+    )
+    print(
+        f"{args.rounds} rounds per copy, ~{args.round_s} s per contender per round, "
+        "alternating; each figure is the median over the copies of the copy's median"
+    )
+
+    def over_copies(figure: Callable[[dict[str, float]], float]) -> float:
+        return statistics.median(figure(c["median"]) for c in copies)
+
     labels = {
         "library": "CanvasStream.next_batch (draw + paste)",
         "paste_only": "Renderer alone (paste, no drawing)",
         "pil": "per-item PIL pipeline",
+        "step": "training step (fwd, bwd, Adam; no canvases)",
     }
     for name, label in labels.items():
-        t = times[name]
+        seconds = over_copies(lambda m, name=name: m[name])
+        per_copy = ", ".join(f"{c['median'][name] * 1e3:.3f}" for c in copies)
         print(
-            f"  {label:40s} median {median[name] * 1e3:8.3f} ms/batch "
-            f"(min {min(t) * 1e3:.3f}, max {max(t) * 1e3:.3f}), "
-            f"{args.batch / median[name]:10.0f} canvases/s"
+            f"  {label:44s} median {seconds * 1e3:8.3f} ms/batch (copies: {per_copy}), "
+            f"{args.batch / seconds:8.0f} canvases/s"
         )
-    print(f"PIL / paste alone: {median['pil'] / median['paste_only']:.1f}x")
-    print(f"bench_canvas: {median['pil'] / median['library']:.1f}x")
+    share = over_copies(lambda m: m["library"] / (m["library"] + m["step"]))
+    print(
+        f"canvas generation's share of a training step (next_batch / (next_batch + step)): "
+        f"{share:.1%}"
+    )
+    print(f"PIL / paste alone: {over_copies(lambda m: m['pil'] / m['paste_only']):.1f}x")
+    print(f"bench_canvas: {over_copies(lambda m: m['pil'] / m['library']):.1f}x")
 
 
 if __name__ == "__main__":
