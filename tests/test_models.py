@@ -347,3 +347,60 @@ def test_cached_densenet_weights_with_old_style_keys_load(tmp_path, monkeypatch)
     assert torch.equal(layer.norm1.weight, source.features.denseblock3.denselayer5.norm1.weight)
     assert torch.equal(net.features.norm5.running_var, source.features.norm5.running_var)
     assert net.head.out_features == CLASSES
+
+
+@pytest.mark.parametrize("antialias", ["blur", "aps"])
+@pytest.mark.parametrize(
+    "arch", ["small_cnn", "small_cnn_gap", "tiny_cnn", "vgg11", "resnet18", "densenet121"]
+)
+def test_build_model_applies_antialias_and_padding_keeping_parameters_probes_and_stride(
+    arch, antialias
+):
+    from transinv.antialias import DownsampledConv2d, DownsampledPool2d
+
+    torch.manual_seed(0)
+    plain = build_model(arch, CLASSES, 1, CANVAS)
+    torch.manual_seed(0)
+    net = build_model(arch, CLASSES, 1, CANVAS, antialias, 5, "circular")
+    converted = [m for m in net.modules() if isinstance(m, DownsampledPool2d | DownsampledConv2d)]
+    assert converted, "no strided layer was converted"
+    padded = [m for m in net.modules() if isinstance(m, nn.Conv2d) and any(m.padding)]
+    assert padded and all(m.padding_mode == "circular" for m in padded)
+    # Same draw, same keys: ImageNet weights and checkpoints of the plain net load into it.
+    assert net.state_dict().keys() == plain.state_dict().keys()
+    net.load_state_dict(plain.state_dict())
+    assert (
+        net.total_stride == plain.total_stride
+        and net.probe_layers.keys() == plain.probe_layers.keys()
+    )
+    assert net.torchvision_keys == plain.torchvision_keys
+    fired = []
+    hooks = [m.register_forward_hook(lambda *a: fired.append(1)) for m in net.probe_layers.values()]
+    with torch.no_grad():
+        assert net.eval()(batch(1)).shape == (2, CLASSES)
+    for h in hooks:
+        h.remove()
+    assert len(fired) >= len(net.probe_layers)
+
+
+def test_antialias_none_with_zeros_padding_builds_the_plain_net():
+    torch.manual_seed(0)
+    plain = build_model("small_cnn", CLASSES, 1, CANVAS)
+    torch.manual_seed(0)
+    same = build_model("small_cnn", CLASSES, 1, CANVAS, "none", 3, "zeros")
+    x = batch(1)
+    with torch.no_grad():
+        assert torch.equal(plain(x), same(x))
+
+
+@pytest.mark.parametrize(
+    "options,key",
+    [
+        (("blurpool", 3, "zeros"), "model.antialias"),
+        (("blur", 4, "zeros"), "model.blur_size"),
+        (("none", 3, "reflect"), "model.padding"),
+    ],
+)
+def test_unknown_antialias_or_padding_is_a_config_error_naming_the_key(options, key):
+    with pytest.raises(ConfigError, match=key):
+        build_model("small_cnn", CLASSES, 1, CANVAS, *options)

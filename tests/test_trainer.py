@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from transinv import metrics
-from transinv.config import from_flat
+from transinv.config import ConfigError, from_flat
 from transinv.phases import eval_steps
 from transinv.trainer import NonFiniteLossError, run_trial
 
@@ -165,7 +165,10 @@ def test_pretrain_cache_keys_on_pretraining_not_finetuning(tmp_path):
     assert pretrain_key(base) == pretrain_key(
         tiny(**{"finetune.lr": 1e-4, "finetune.dataset": "mnist", "run.threads": 2})
     )
-    for changed in ({"seed": 1}, {"optim.lr": 1e-4}, {"pretrain.regime": "left"}):
+    shift_options = ({"model.antialias": "aps"}, {"model.padding": "circular"})
+    blur_sizes = ({"model.antialias": "blur"}, {"model.antialias": "blur", "model.blur_size": 5})
+    assert pretrain_key(tiny(**blur_sizes[0])) != pretrain_key(tiny(**blur_sizes[1]))
+    for changed in ({"seed": 1}, {"optim.lr": 1e-4}, {"pretrain.regime": "left"}, *shift_options):
         assert pretrain_key(tiny(**changed)) != pretrain_key(base), changed
     # Translation over the whole valid range is `whole` itself; a smaller box is not.
     translated = {"pretrain.regime": "translation", "pretrain.translation": 1.0}
@@ -207,3 +210,55 @@ def test_a_trial_books_its_time_by_part_and_a_cache_hit_what_it_saved(tmp_path):
     assert "pretrain" not in hit.seconds
     saved = hit.seconds["pretrain_saved"]
     assert miss.seconds["pretrain"] < saved < miss.seconds["pretrain"] + miss.seconds["eval"]
+
+
+SHIFT_KNOWN_ANSWER = {
+    "model.arch": "small_cnn_gap",
+    "model.padding": "circular",
+    "pretrain.dataset": "none",
+    "canvas.size": 32,
+    "canvas.item_size": 8,
+    "finetune.classes": 4,
+    "finetune.steps": 60,
+    "optim.batch_size": 16,
+    "optim.lr": 3e-3,
+    "eval.every": 1000,
+    "eval.items": 16,
+    "eval.grid_step": 0.15625,  # 5 px: offsets from the trained centre off the stride (8)
+    "eval.nway": 4,
+    "run.threads": 1,
+}
+
+
+def test_antialias_aps_circular_gap_net_finetuned_at_one_place_is_as_accurate_everywhere():
+    """Issue 16's known answer through the whole trainer: a vanilla aps + circular padding +
+    GAP net is exactly invariant to circular shifts, and an item moved on the constant
+    (normalised) background, inside the canvas, is one; so what it learns at one location holds
+    at every grid centre, its output never moves by a pixel, and every item is matched to
+    itself at the logits."""
+    result = run_trial(from_flat({**SHIFT_KNOWN_ANSWER, "model.antialias": "aps"}))
+    m = result.metrics
+    assert result.info["pretrain/cache"] == "off" and "pretrain/steps_run" not in result.info
+    assert m[metrics.ACC_TRAINED] >= 0.5  # learned: chance is 0.25
+    assert m[metrics.ACC_UNTRAINED] == pytest.approx(m[metrics.ACC_TRAINED], abs=0.02)
+    assert m[metrics.ACC_NEAR] == pytest.approx(m[metrics.ACC_TRAINED], abs=0.02)
+    assert m[metrics.JAGGEDNESS] == 0.0 and m[metrics.JAGGEDNESS_UNTRAINED] == 0.0
+    assert m[metrics.JAGGEDNESS_PROB] < 1e-4
+    assert m[metrics.NWAY_CHANCE] == 0.25
+    assert m[metrics.invariance_key("nway", "logits")] == 1.0
+    assert m[metrics.invariance_key("cos", "logits")] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_antialias_none_control_of_the_known_answer_is_not_invariant():
+    """The negative control: the same net, padding and training without adaptive polyphase
+    sampling learns the trained place better than the others and is jagged."""
+    m = run_trial(from_flat({**SHIFT_KNOWN_ANSWER, "model.antialias": "none"})).metrics
+    assert m[metrics.ACC_TRAINED] >= 0.5
+    assert m[metrics.ACC_UNTRAINED] < m[metrics.ACC_TRAINED] - 0.1
+    assert m[metrics.JAGGEDNESS] > 0.0
+    assert m[metrics.invariance_key("cos", "logits")] < 0.999
+
+
+def test_nway_larger_than_the_finetuning_classes_is_a_config_error_before_training():
+    with pytest.raises(ConfigError, match="eval.nway.*4"):
+        run_trial(from_flat({**SHIFT_KNOWN_ANSWER, "eval.nway": 5}))

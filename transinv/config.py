@@ -292,7 +292,7 @@ class EvalConfig:
         bounds=at_least(2),
     )
     shift_centres: int = key(
-        4,
+        2,
         "Untrained grid centres (spread evenly over them) where `finetune/jaggedness_untrained` "
         "and `invariance/nway/<layer>` are measured; each costs 5 x `eval.items` canvases.",
         bounds=at_least(1),
