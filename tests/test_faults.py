@@ -49,6 +49,11 @@ def driver_logged(space: Path, uri: str, home: Path, log: Path, *extra: str) -> 
 
 
 @pytest.fixture
+def home(tmp_path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
 def no_client_retries(monkeypatch):
     """As in a trial: the queue repeats calls, MLflow's client does not (`study/trial.py`)."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
