@@ -11,7 +11,8 @@ fix it, instead of hanging:
 3. on every alive node, a zero-CPU task pinned to the node reads a marker file this driver wrote
    into the storage path (Tune does not copy trial directories between nodes: the path must be
    one volume mounted at the same place everywhere, or a URI such as s3://) and can write there;
-4. the same task calls the MLflow server with the tracking URI the trials will use.
+4. the same task calls the MLflow server with the tracking URI the trials will use, with the
+   credentials the node's environment gives the trials (MLFLOW_TRACKING_USERNAME/PASSWORD).
 
 The tasks import this module on the nodes, so they also show whether this project is installed
 there. Connecting for the study itself (`ray.init`) is the CLI's job (`cli.connect_ray`).
@@ -121,6 +122,8 @@ def check_node(marker: str, text: str, tracking_uri: str) -> dict[str, str]:
             check_reachable(tracking_uri, timeout_s=MLFLOW_TIMEOUT_S)
         except TrackingError as exc:
             out["mlflow"] = str(exc.__cause__ or exc)
+            if "HTTP 401" in str(exc):  # the server answers, but not to this node
+                out["mlflow_auth"] = "1"
     return out
 
 
@@ -260,7 +263,14 @@ def _problems(report: list[dict], storage: str, tracking_uri: str) -> list[str]:
                 "(docker-compose: the `results` volume at /results), or pass a URI such as "
                 "--storage s3://bucket/studies"
             )
-        if "mlflow" in node:
+        if "mlflow_auth" in node:
+            problems.append(
+                f"{where} is refused by MLflow at {tracking_uri} ({node['mlflow']}): the server "
+                "requires authentication. Set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD in every node's environment (docker-compose: from "
+                ".env), as on this driver"
+            )
+        elif "mlflow" in node:
             problems.append(
                 f"{where} cannot reach MLflow at {tracking_uri} ({node['mlflow']}). Trials log "
                 "from the nodes: pass a --tracking-uri every node can reach (in docker-compose "
