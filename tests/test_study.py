@@ -448,10 +448,10 @@ def test_runs_are_named_by_condition_with_readable_heatmaps_and_few_summary_char
     frame = load_runs(conditions, tracking_uri)
     assert frame[metrics.time_key("finetune")].notna().all()
     assert frame[metrics.peak_step_key(metrics.ACC_UNTRAINED)].notna().all()
-    # The accuracy heatmap logged at each evaluation is a rendered map, not a 3x3 block.
-    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
-    acc = sorted(p for p in images if "acc_grid" in p and p.endswith(".png"))
-    assert acc, images
+    # The accuracy heatmap of each evaluation is a rendered map in step order, not a 3x3 block.
+    folder = "heatmaps/finetune_acc_grid"
+    acc = [a.path for a in client.list_artifacts(run.info.run_id, folder)]
+    assert acc == [f"{folder}/finetune_step_{s:06d}.png" for s in (0, 10)], acc
     from PIL import Image
 
     path = client.download_artifacts(run.info.run_id, acc[-1], str(tmp_path))

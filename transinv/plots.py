@@ -1,5 +1,5 @@
 """Figures of one trial: accuracy heatmaps over the canvas, invariance by layer and
-forgetting curves; plus `to_png`, `to_image` and the styling the study figures
+forgetting curves; plus `to_png` and the styling the study figures
 (`study_plots.py`) share.
 
 Only matplotlib's object-oriented API (`Figure`, never pyplot): a figure carries no global
@@ -42,16 +42,6 @@ def to_png(fig: Figure, dpi: int = 100) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
-
-
-def to_image(fig: Figure, dpi: int = 100) -> np.ndarray:
-    """The figure rendered as an RGB array [H, W, 3] uint8 (Agg, no backend state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    fig.set_dpi(dpi)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def evaluation_heatmap(

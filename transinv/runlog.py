@@ -1,10 +1,10 @@
 """What one trial logs to its MLflow run, off the training thread.
 
-Each evaluation is one batched metrics call (with a progress tag) plus heatmap images, rendered
-maps with pixel axes and a colour bar: accuracy over the canvas at every evaluation (the MLflow UI
-shows a step slider), G per layer at the first and last evaluation of a phase. The end of a trial
-adds the forgetting drops (metrics; peak steps and times go in summary tags), the forgetting and
-invariance-by-layer figures and the final grid as a table.
+Each evaluation is one batched metrics call (with a progress tag) plus heatmaps, rendered maps
+with pixel axes and a colour bar under `heatmaps/<key>/` in the run's artifacts: accuracy over
+the canvas at every evaluation, G per layer at the first and last evaluation of a phase. The end
+of a trial adds the forgetting drops (metrics; peak steps and times go in summary tags), the
+forgetting and invariance-by-layer figures and the final grid as a table.
 
 Calls run in order on a background `TrackingQueue`, which repeats what fails while the server is
 away (up to `run.tracking_outage_s`). Every record (each evaluation in order, then the trial's
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from transinv import metrics, plots
-from transinv.evaluation import TestGrid
+from transinv.grid import TestGrid
 from transinv.tracking import (
     TAG_DELIVERED,
     TAG_PROGRESS,
@@ -38,6 +38,12 @@ from transinv.tracking import (
     summary_tag,
 )
 from transinv.trainer import Evaluation, TrialResult
+
+
+def heatmap_path(key: str, phase: str, step: int) -> str:
+    """`heatmaps/finetune_acc_grid/finetune_step_000100.png`: zero-padded, so the Artifacts view
+    lists a key's maps in step order (G maps hold both phases' first and last)."""
+    return f"heatmaps/{key.replace('/', '_')}/{phase}_step_{step:06d}.png"
 
 
 def _is_g_grid(key: str) -> bool:
@@ -124,8 +130,9 @@ class RunLog:
 
     def _log_images(self, evaluation: Evaluation, grid: TestGrid | None) -> None:
         """Each grid as a rendered map (axes in pixels, colour bar, trained centre, key and step
-        in the title) under its key and step: the UI's image cards show it with a step slider,
-        and the Artifacts view the same picture, not a bare block of colour."""
+        in the title) at `heatmap_path`: one folder per key in the run's Artifacts, in step
+        order. Not `log_image` with a step: MLflow 3.17's image cards head each run with all
+        of its ~60 params, which push the image out of view even in full screen."""
         every_layer = evaluation.step == 0 or evaluation.final
         chance = evaluation.metrics.get(metrics.CHANCE)
         for key, values in evaluation.grids.items():
@@ -137,7 +144,8 @@ class RunLog:
             figure = plots.evaluation_heatmap(
                 key, values, xs, ys, trained, evaluation.phase, evaluation.step, chance
             )
-            self.tracker.log_image(self.run_id, plots.to_image(figure), key, evaluation.step)
+            path = heatmap_path(key, evaluation.phase, evaluation.step)
+            self.tracker.log_figure(self.run_id, figure, path)
 
     def _log_summary(self, result: TrialResult) -> None:
         tracker, run_id = self.tracker, self.run_id

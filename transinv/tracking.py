@@ -349,10 +349,6 @@ class Tracker:
         for chunk in _chunks(entries, MAX_PARAMS_TAGS_PER_CALL):
             self._client.log_batch(run_id, tags=chunk)
 
-    def log_image(self, run_id: str, image: Any, key: str, step: int) -> None:
-        """A step-indexed image (the MLflow UI shows a step slider per key)."""
-        self._client.log_image(run_id, image, key=key.replace("/", "."), step=step)
-
     def log_figure(self, run_id: str, figure: Any, path: str) -> None:
         self._client.log_figure(run_id, figure, path)
 
