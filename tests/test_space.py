@@ -77,7 +77,7 @@ def test_smoke_study_loads_as_documented():
     assert spec.fixed["pretrain.regime"] == "whole"
     assert spec.fixed["finetune.freeze"] == "none"
     # Vanilla against pretrained, two seeds each: the comparison the run's summary prints.
-    assert list(spec.space) == ["seed", "pretrain.dataset"]
+    assert list(spec.space) == ["pretrain.dataset", "seed"]
     assert spec.space["pretrain.dataset"].values == ("none", "glyphs")
     assert spec.space["seed"].values == (0, 1)
     assert expected_trials(spec) == 4
