@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ray import tune
@@ -78,9 +78,10 @@ class Progress(tune.Callback):
     def _reset(self) -> None:
         self.started = time.monotonic()
         self.last_line = self.started
-        self.baseline: float | None = None  # steps done when this run of the study began
+        self.baseline: float | None = None  # steps done when this launch of the study began
+        self.moving: float | None = None  # when this launch's first step was done
         self.totals: dict[str, int] = {}  # trial id -> steps it runs in all
-        self.done: set[str] = set()
+        self.broken = False
 
     def setup(self, **info: Any) -> None:
         self._reset()
@@ -156,13 +157,14 @@ class Progress(tune.Callback):
         done = sum(self.steps_done(t) for t in trials)
         if self.baseline is None:
             self.baseline = done
-        # Start-up (Ray, a worker importing torch) dominates the first steps: no guess from
-        # less than a tenth of the work this launch has to do.
+        if self.moving is None and done > self.baseline:
+            self.moving = time.monotonic()  # Ray and the first worker's imports are behind
         if done >= work:
             return "0:00"
-        if done - self.baseline <= 0.1 * (work - self.baseline):
+        # No guess from less than a tenth of the work this launch has to do.
+        if self.moving is None or done - self.baseline <= 0.1 * (work - self.baseline):
             return "-"
-        rate = (done - self.baseline) / max(time.monotonic() - self.started, 1e-9)
+        rate = (done - self.baseline) / max(time.monotonic() - self.moving, 1e-9)
         return clock((work - done) / rate)
 
     def status_line(self, trials: Sequence) -> str:
@@ -179,7 +181,30 @@ class Progress(tune.Callback):
             + f" | best {self.spec.objective} {number(best)} | ETA {self.eta(trials)}"
         )  # fmt: skip
 
+    def guarded(self, show: Callable[[], None]) -> None:
+        """A console bug must not stop a study (Tune fails the experiment on a callback's
+        exception): the first one is said, and the progress display stops there."""
+        if self.broken:
+            return
+        try:
+            show()
+        except Exception as exc:
+            self.broken = True
+            print(f"progress display stopped: {type(exc).__name__}: {exc}", flush=True)
+
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.guarded(lambda: self.step_end(trials))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.guarded(lambda: self.trial_complete(trial))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.guarded(lambda: self.say(f"retrying {self.label(trial)} after: {_reason(trial)}"))
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.guarded(lambda: self.say(f"errored {self.label(trial)}: {_reason(trial)}"))
+
+    def step_end(self, trials: list) -> None:
         now = time.monotonic()
         if self.baseline is None:
             self.eta(trials)  # the steps already done by an earlier run of the study
@@ -188,18 +213,12 @@ class Progress(tune.Callback):
             self.last_line = now
             self.say(self.status_line(trials))
 
-    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+    def trial_complete(self, trial) -> None:
         result = trial.last_result or {}
         shown = [self.spec.objective, *(c.metric for c in self.spec.constraints)]
         values = ", ".join(f"{k} {number(result.get(k))}" for k in dict.fromkeys(shown))
         verdict = "" if self.feasible(result) else " (misses the constraints)"
         self.say(f"finished {self.label(trial)}: {values}{verdict}")
-
-    def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self.say(f"retrying {self.label(trial)} from its last checkpoint: {_reason(trial)}")
-
-    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self.say(f"errored {self.label(trial)}: {_reason(trial)}")
 
 
 def _reason(trial) -> str:
