@@ -274,6 +274,69 @@ def regime_search(kind: str):
     return trials, {"regime_search.best": MEASURED, "best": best}
 
 
+def builtin_vs_learned(kind: str):
+    """(antialias, arch, pretrain.dataset) -> (acc@trained, acc_near, acc@untrained,
+    jaggedness); the offsets move the last three."""
+    planted = {
+        "effect": {
+            ("aps", "small_cnn_gap", "none"): (0.9, 0.9, 0.9, 0.0),
+            ("aps", "small_cnn_gap", "glyphs"): (0.9, 0.9, 0.9, 0.0),
+            ("none", "small_cnn", "glyphs"): (1.0, 0.6, 0.4, 0.2),
+            "blur vanilla": (1.0, 0.6, 0.2, 0.05),
+            "none vanilla": (1.0, 0.3, 0.2, 0.2),
+        },
+        "null": {
+            ("aps", "small_cnn_gap", "none"): (1.0, 0.5, 0.5, 0.1),
+            ("aps", "small_cnn_gap", "glyphs"): (1.0, 0.5, 0.5, 0.1),
+            ("none", "small_cnn", "glyphs"): (1.0, 0.5, 0.5, 0.1),
+            "blur vanilla": (1.0, 0.4, 0.2, 0.1),
+            "none vanilla": (1.0, 0.4, 0.2, 0.1),
+        },
+        "reversed": {
+            ("aps", "small_cnn_gap", "none"): (1.0, 0.3, 0.3, 0.1),
+            ("aps", "small_cnn_gap", "glyphs"): (1.0, 0.9, 0.9, 0.0),
+            ("none", "small_cnn", "glyphs"): (1.0, 0.6, 0.6, 0.1),
+            "blur vanilla": (1.0, 0.2, 0.6, 0.3),
+            "none vanilla": (1.0, 0.5, 0.2, 0.1),
+        },
+    }[kind]
+    spread = WIDE if kind == "null" else TIGHT
+    trials = []
+    for antialias in ("none", "blur", "aps"):
+        for arch in ("small_cnn", "small_cnn_gap"):
+            for dataset in ("none", "glyphs"):
+                vanilla = f"{antialias} vanilla" if dataset == "none" else None
+                values = planted.get((antialias, arch, dataset)) or planted.get(
+                    vanilla, (1.0, 0.5, 0.3, 0.1)
+                )
+
+                def make(o, values=values):
+                    trained, near, far, jagged = values
+                    final = {
+                        metrics.CHANCE: 0.1,
+                        metrics.ACC_TRAINED: trained,
+                        metrics.ACC_NEAR: near + o,
+                        metrics.ACC_UNTRAINED: far + o,
+                        metrics.JAGGEDNESS: jagged + o,
+                        metrics.PRETRAIN_ACC: 0.9,
+                    }
+                    return final, {}
+
+                config = {"model.arch": arch, "model.antialias": antialias}
+                trials += seeds(config, spread, make, **{"pretrain.dataset": dataset})
+    verdict = KINDS[kind]
+    expected = {
+        f"builtin_vs_learned.{check}": verdict
+        for check in ("designed_vs_learned", "pretraining_unneeded")
+    }
+    for head in ("flatten", "gap"):
+        for check in ("blur_helps_local", "blur_less_jagged", "blur_not_global"):
+            expected[f"builtin_vs_learned.{check}[{head}]"] = verdict
+    if kind == "effect":
+        expected["builtin_vs_learned.aps_gap_exact"] = HELD
+    return trials, expected
+
+
 SCENARIOS = {
     f.__name__: f
     for f in (
@@ -287,6 +350,7 @@ SCENARIOS = {
         representations,
         forgetting,
         regime_search,
+        builtin_vs_learned,
     )
 }
 

@@ -7,6 +7,7 @@ turning a study's runs into tables, figures and checks of pre-registered expecta
     accuracy.py          claims read off accuracy over the canvas (1, 2, 3, 6, architectures)
     representations.py   claims read off per-layer G and its curves (4, 5)
     beyond.py            questions the paper never asked (dose-response, duration, regime search)
+    builtin.py           built-in (anti-aliased) vs learned invariance (issue 16)
 
 An analysis is a function `(StudyData) -> Section`, registered by name in `ANALYSES`; a study
 file names the analyses that apply to it and may override their checks' expectations
@@ -24,7 +25,12 @@ reported, never asserted by the tests of real studies; the known-answer tests pl
 
 from __future__ import annotations
 
-from transinv.analyses import accuracy, beyond, representations  # noqa: F401 (they register)
+from transinv.analyses import (  # noqa: F401 (they register)
+    accuracy,
+    beyond,
+    builtin,
+    representations,
+)
 from transinv.analyses.base import (
     ANALYSES,
     Check,
