@@ -10,7 +10,6 @@
     python -m study export-optuna smoke --storage-url sqlite:///optuna.db
     python -m study report claim5_forgetting --out reports/   # Markdown + figures from MLflow
     python -m study profile claim5_forgetting           # where the study's time went
-    python -m study profile claim5_forgetting           # where the study's time went
 
 With no --tracking-uri (nor MLFLOW_TRACKING_URI), commands use a local MLflow server on
 127.0.0.1 whose runs and artifacts live in the state directory ($TRANSINV_HOME, default
@@ -82,12 +81,20 @@ def tracking(uri: str | None, port: int | None = None) -> Iterator[str]:
 
 
 def connect_ray(
-    address: str | None, storage: str | None = None, tracking_uri: str | None = None
+    address: str | None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    verbose: bool = True,
 ) -> None:
     """Local Ray sized to this machine, or the cluster at `address` once `study.connect` has
     checked, within 30 s, that it answers, accepts this driver's auth, shares `storage` across
-    its nodes and reaches `tracking_uri` from each of them."""
+    its nodes and reaches `tracking_uri` from each of them. Ray's own console output only when
+    `verbose` (`console.ray_output`)."""
     import ray
+
+    from study.console import ray_output
+
+    output = ray_output(verbose)
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("RAY_ADDRESS")
@@ -95,7 +102,7 @@ def connect_ray(
         from study.connect import check_cluster
 
         print(check_cluster(address, storage, tracking_uri), flush=True)
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **output)
         return
     ray.init(
         # "local": a new instance even where `ray start` left a cluster address behind in
@@ -106,6 +113,7 @@ def connect_ray(
         # Trials pass nothing large through the object store; Ray's default of 30% of RAM
         # would starve the trials themselves on a small machine.
         object_store_memory=512 * 2**20,
+        **output,
     )
 
 
@@ -123,20 +131,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--storage {storage} must be an absolute shared path on a cluster")
     code = EXIT_OK
     with tracking(args.tracking_uri) as uri:
-        print(f"MLflow: {uri}/#/experiments", flush=True)
-        connect_ray(args.address, storage, uri)
-        from study.tuner import run_study
+        if args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+            # Not the local server's: that one stops with this command (`study ui` serves it).
+            print(f"MLflow: {uri}/#/experiments", flush=True)
+        from study.console import summary_lines
+
+        connect_ray(args.address, storage, uri, args.verbose)
+        from study.tuner import expected_trials, run_study
 
         for path, spec in zip(args.space, specs, strict=True):
             started = time.monotonic()
-            print(f"study {spec.name!r} from {path}", flush=True)
-            outcome = run_study(spec, uri, storage, local_storage, args.wait)
+            print(
+                f"study {spec.name!r} from {path}: {expected_trials(spec)} trials, "
+                f"{spec.max_concurrent} at a time",
+                flush=True,
+            )
+            outcome = run_study(spec, uri, storage, local_storage, args.wait, args.verbose)
             print(
                 f"study {spec.name}: {outcome.finished} of {outcome.expected} trials finished, "
                 f"{outcome.errored} errored in {time.monotonic() - started:.0f} s; results in "
                 f"{outcome.path}",
                 flush=True,
             )
+            if outcome.complete:
+                print("\n".join(summary_lines(spec, uri)), flush=True)
             if not outcome.complete:
                 print(
                     f"interrupted: run `{study_command()} run {' '.join(args.space)}` again to "
@@ -324,14 +342,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_profile(args: argparse.Namespace) -> int:
-    from transinv.study_cost import format_cost, study_cost
-
-    with tracking(args.tracking_uri) as uri:
-        print(format_cost(study_cost(args.study, uri)))
-    return EXIT_OK
-
-
 def cmd_export_optuna(args: argparse.Namespace) -> int:
     from study.export import export_optuna
 
@@ -362,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)")
     p.add_argument("--storage", help="Tune storage: a shared path or URI (default: state dir)")
     p.add_argument("--dry-run", action="store_true", help="print the trials, run nothing")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray's own output (trial tables, checkpoint notices) instead of the compact progress",
+    )
     p.add_argument(
         "--wait",
         action="store_true",
@@ -407,8 +422,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readme", help="also rewrite the results section of this Markdown file")
     p = add("profile", cmd_profile, "where a study's time went, from its runs in MLflow")
     p.add_argument("study", help=STUDY_HELP)
-    p = add("profile", cmd_profile, "where a study's time went, from its runs in MLflow")
-    p.add_argument("study")
     p = add("export-optuna", cmd_export_optuna, "copy a study's Optuna trials to a storage")
     p.add_argument("study", help=STUDY_HELP)
     p.add_argument("--storage", help="Tune storage the study ran in (default: state dir)")
