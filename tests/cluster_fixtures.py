@@ -472,4 +472,6 @@ def progress(run) -> tuple[str, int]:
 def trial_runs(uri: str, study: str) -> list:
     mlflow = MlflowClient(uri)
     exp = mlflow.get_experiment_by_name(study)
+    if exp is None:  # the driver has not created it yet
+        return []
     return mlflow.search_runs([exp.experiment_id], "tags.`transinv.role` = 'trial'")
