@@ -80,6 +80,7 @@ class Progress(tune.Callback):
         self.last_line = self.started
         self.baseline: float | None = None  # steps done when this launch of the study began
         self.moving: float | None = None  # when this launch's first step was done
+        self.moved_from = 0.0  # steps done at that moment
         self.totals: dict[str, int] = {}  # trial id -> steps it runs in all
         self.broken = False
 
@@ -148,23 +149,36 @@ class Progress(tune.Callback):
     def say(self, text: str) -> None:
         print(f"  {clock(time.monotonic() - self.started):>5}  {text}", flush=True)
 
-    def eta(self, trials: Sequence) -> str:
+    def work(self, trials: Sequence) -> tuple[float, float]:
+        """(steps in all, steps done), counting trials the searcher has not created yet as
+        long as the mean of those it has."""
         totals = [self.total_steps(t) for t in trials]
         if not totals:
-            return "-"
-        # Trials the searcher has not created yet: as long as the mean of those it has.
+            return 0.0, 0.0
         work = sum(totals) + (self.expected - len(trials)) * sum(totals) / len(totals)
-        done = sum(self.steps_done(t) for t in trials)
+        return work, float(sum(self.steps_done(t) for t in trials))
+
+    def track(self, trials: Sequence) -> None:
+        """Note when this launch's first step is done (Ray's start-up and the first worker's
+        imports are then behind it) and how much was done by then: the ETA's starting line."""
+        if self.moving is not None or not trials:
+            return
+        _, done = self.work(trials)
         if self.baseline is None:
-            self.baseline = done
-        if self.moving is None and done > self.baseline:
-            self.moving = time.monotonic()  # Ray and the first worker's imports are behind
-        if done >= work:
+            self.baseline = done  # what earlier launches of the study did
+        elif done > self.baseline:
+            self.moving, self.moved_from = time.monotonic(), done
+
+    def eta(self, trials: Sequence) -> str:
+        work, done = self.work(trials)
+        if work and done >= work:
             return "0:00"
-        # No guess from less than a tenth of the work this launch has to do.
-        if self.moving is None or done - self.baseline <= 0.1 * (work - self.baseline):
+        if self.moving is None or self.baseline is None:
             return "-"
-        rate = (done - self.baseline) / max(time.monotonic() - self.moving, 1e-9)
+        # No guess from less than a tenth of the work this launch has to do.
+        if done - self.moved_from <= 0.1 * (work - self.baseline):
+            return "-"
+        rate = (done - self.moved_from) / max(time.monotonic() - self.moving, 1e-9)
         return clock((work - done) / rate)
 
     def status_line(self, trials: Sequence) -> str:
@@ -206,8 +220,7 @@ class Progress(tune.Callback):
 
     def step_end(self, trials: list) -> None:
         now = time.monotonic()
-        if self.baseline is None:
-            self.eta(trials)  # the steps already done by an earlier run of the study
+        self.track(trials)
         every = min(max(self.every_s, (now - self.started) / 6), 300.0)
         if now - self.last_line >= every and any(t.status == "RUNNING" for t in trials):
             self.last_line = now
