@@ -167,14 +167,17 @@ def hline_cosine(
         trained = torch.tensor(grid.trained).repeat(n, 1)
         _, anchors = _outputs(net, items, trained, render, device, captured)
         refs = {name: metrics.unit_references((a, a[unpartner])) for name, a in anchors.items()}
-        for place in places.tolist():
-            _, acts = _outputs(
-                net, items, torch.tensor([place]).repeat(n, 1), render, device, captured
-            )
+        # Whole places per pass, as the grid does: one forward of p * n canvases, not p of n.
+        per_pass = max(1, eval_batch(render.size) // n)
+        for start in range(0, len(places), per_pass):
+            chunk = torch.from_numpy(places[start : start + per_pass]).long()
+            p = len(chunk)
+            canvases = render(items.repeat(p, 1, 1).to(device), chunk.repeat_interleave(n, 0))
+            forward(net, canvases)  # eval_mode: no grad; the hooks fill `captured`
             for name in layers:
-                dots = metrics.cosines(acts[name][None], refs[name])  # [n, 1, 2]
-                same[name] += float(dots[:, 0, 0].mean())
-                other[name] += float(dots[:, 0, 1].mean())
+                dots = metrics.cosines(captured[name].view(p, n, -1), refs[name])  # [n, p, 2]
+                same[name] += float(dots[:, :, 0].mean(0).sum())
+                other[name] += float(dots[:, :, 1].mean(0).sum())
     return (
         {name: v / len(places) for name, v in same.items()},
         {name: v / len(places) for name, v in other.items()},
