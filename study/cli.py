@@ -129,6 +129,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     local_storage = "://" not in storage
     if args.address and local_storage and not Path(storage).is_absolute():
         raise ConfigError(f"--storage {storage} must be an absolute shared path on a cluster")
+    if local_storage and not args.wait:  # refuse before starting a server and Ray
+        from study.lock import check_free
+
+        for spec in specs:
+            check_free(Path(storage) / spec.name, spec.name)
     code = EXIT_OK
     with tracking(args.tracking_uri) as uri:
         if args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):

@@ -100,8 +100,9 @@ def _write(fd: int, info: dict) -> None:
     os.fsync(fd)
 
 
-def _acquire(path: Path) -> tuple[int | None, dict | None]:
-    """(fd, None) once held, or (None, the holder's info) when another driver has it."""
+def _acquire(path: Path, probe: bool = False) -> tuple[int | None, dict | None]:
+    """(fd, None) once held, or (None, the holder's info) when another driver has it. A
+    `probe` leaves the file as it is."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by Ray's children
     try:
         locked = _try_lock(fd)
@@ -109,12 +110,34 @@ def _acquire(path: Path) -> tuple[int | None, dict | None]:
         if _holds(info, locked):
             os.close(fd)
             return None, info or {"pid": "?", "host": "?", "since": path.stat().st_mtime}
+        if probe:
+            return fd, None
         now = time.time()
         _write(fd, {"host": socket.gethostname(), "pid": os.getpid(), "since": now, "beat": now})
         return fd, None
     except BaseException:
         os.close(fd)
         raise
+
+
+def check_free(folder: Path, study: str) -> None:
+    """StudyBusy now if another driver holds the study (a probe before starting Ray and a
+    server; `hold_study` still decides)."""
+    path = folder / LOCK_FILE
+    if not path.exists():
+        return
+    fd, holder = _acquire(path, probe=True)
+    if fd is not None:
+        os.close(fd)
+    else:
+        raise _busy(study, holder, path)
+
+
+def _busy(study: str, holder: dict, path: Path) -> StudyBusy:
+    return StudyBusy(
+        f"study {study!r} is already running: {_describe(holder)} (lock {path}); "
+        "wait for it to end, or pass --wait to start when it does"
+    )
 
 
 @contextmanager
@@ -129,10 +152,7 @@ def hold_study(folder: Path, study: str, wait: bool = False, poll_s: float = 2.0
         if fd is not None:
             break
         if not wait:
-            raise StudyBusy(
-                f"study {study!r} is already running: {_describe(holder)} (lock {path}); "
-                "wait for it to end, or pass --wait to start when it does"
-            )
+            raise _busy(study, holder, path)
         if not said:
             print(f"waiting for {_describe(holder)} to end study {study!r}", flush=True)
             said = True

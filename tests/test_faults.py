@@ -184,8 +184,13 @@ def test_second_driver_is_refused_or_waits_and_a_killed_drivers_lock_never_block
     waiter, log = None, tmp_path / "waiter.log"
     try:
         wait_for(lambda: both_training(tracking_uri, "twice", trials=1), timeout=300)
+        # Frozen, the driver holds its lock and its trial waits at its next report: the study
+        # cannot end before the other launches, however slow the machine.
+        os.kill(first.pid, signal.SIGSTOP)
+        started = time.monotonic()
         code, out = finish(driver(space, tracking_uri, home), timeout=300)
         assert code == 2 and "already running" in out, out
+        assert time.monotonic() - started < 60  # before any server or Ray starts
         assert f"driver pid {first.pid} on host {socket.gethostname()} since" in out
         waiter = driver_logged(space, tracking_uri, home, log, "--wait")
         wait_for(lambda: f"waiting for driver pid {first.pid}" in log.read_text(), timeout=300)
