@@ -317,6 +317,20 @@ def test_mlflow_unreachable_from_the_nodes_is_named_per_node(ray_cluster, tmp_pa
     print(f"MLflow unreachable from the nodes: {seconds:.1f} s")
 
 
+def test_a_node_without_mlflow_credentials_is_named_with_the_variables(mlflow_pg, monkeypatch):
+    """What each node runs in the pre-launch check, in a node's environment without them."""
+    from study.connect import _problems, check_node
+
+    for name in CREDENTIALS:
+        monkeypatch.delenv(name)
+    node = {"address": "10.0.0.7", "id": "abcd1234", "cpus": 1.0}
+    (problem,) = _problems([{**node, **check_node("", "", mlflow_pg.uri)}], "", mlflow_pg.uri)
+    assert "401" in problem and "MLFLOW_TRACKING_USERNAME" in problem, problem
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    assert _problems([{**node, **check_node("", "", mlflow_pg.uri)}], "", mlflow_pg.uri) == []
+
+
 def test_relative_storage_is_refused_before_connecting():
     with pytest.raises(ClusterError, match="absolute path"):
         check_cluster(f"127.0.0.1:{free_port()}", "results", None)
