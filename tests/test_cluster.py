@@ -10,7 +10,7 @@ stop only their own processes, by process group (never `ray stop`, which stops e
 user). `scripts/test-packages.sh` (the README's test command) installs docker-compose and
 PostgreSQL where they are missing.
 
-    .venv/bin/pytest tests/test_cluster.py -q        # ~2 min on 2 cores
+    .venv/bin/pytest tests/test_cluster.py -q        # ~4.5 min on 2 cores
 """
 
 from __future__ import annotations

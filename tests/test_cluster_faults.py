@@ -8,7 +8,7 @@ file's pool settings respect at two MLflow workers, the compose MLflow server (b
 a Ray head plus one worker node with 4 logical CPUs each (resources only schedule: 8 tiny
 trials at once on 2 cores).
 
-    .venv/bin/pytest tests/test_cluster_faults.py -q        # ~5 min on 2 cores
+    .venv/bin/pytest tests/test_cluster_faults.py -q   # ~8 min on 2 cores (busy: 4 + 4 min)
 """
 
 from __future__ import annotations
