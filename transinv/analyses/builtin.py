@@ -17,7 +17,6 @@ from __future__ import annotations
 import pandas as pd
 
 from transinv import metrics, stats, study_plots
-from transinv.analyses import expectations as ex
 from transinv.analyses.base import (
     Section,
     StudyData,
@@ -30,69 +29,70 @@ from transinv.analyses.base import (
     own_task,
     register,
 )
+from transinv.analyses.expectations import GREATER, HYPOTHESIS, LESS, SANITY, WITHIN, declare
 from transinv.choices import MODELS
 
 NAME = "builtin_vs_learned"
-DESIGNED = ex.declare(
+DESIGNED = declare(
     f"{NAME}.designed_vs_learned",
-    ex.HYPOTHESIS,
+    HYPOTHESIS,
     "built-in invariance without pretraining beats learned invariance: a vanilla aps + GAP net "
     "is more accurate at untrained locations than a `whole`-pretrained plain flatten net",
     "acc@untrained, vanilla aps+gap - whole-pretrained none+flatten",
-    ex.GREATER,
+    GREATER,
     0.05,
 )
-UNNEEDED = ex.declare(
+UNNEEDED = declare(
     f"{NAME}.pretraining_unneeded",
-    ex.HYPOTHESIS,
+    HYPOTHESIS,
     "with built-in invariance, pretraining adds nothing at untrained locations: whole-"
     "pretrained and vanilla aps + GAP nets are equally accurate there",
     "acc@untrained, whole-pretrained aps+gap - vanilla aps+gap",
-    ex.WITHIN,
+    WITHIN,
     0.05,
 )
-EXACT = ex.declare(
+EXACT = declare(
     f"{NAME}.aps_gap_exact",
-    ex.SANITY,
+    SANITY,
     "a vanilla aps + circular + GAP net is as accurate at untrained locations as at the trained "
     "one (exactly invariant to circular shifts: true by construction)",
     "per run, acc@trained - acc@untrained",
-    ex.WITHIN,
+    WITHIN,
     0.02,
 )
-LOCAL = ex.declare(
+LOCAL = declare(
     f"{NAME}.blur_helps_local",
-    ex.HYPOTHESIS,
+    HYPOTHESIS,
     "[Lee et al.] anti-aliasing helps local invariance: a vanilla blur net beats its plain twin "
     "at centres closer than one item width",
     "finetune/acc_near, vanilla blur - vanilla none",
-    ex.GREATER,
+    GREATER,
     0.05,
 )
-SMOOTH = ex.declare(
+SMOOTH = declare(
     f"{NAME}.blur_less_jagged",
-    ex.HYPOTHESIS,
+    HYPOTHESIS,
     "[Lee et al.] anti-aliasing makes the output less jagged under one-pixel moves at the "
     "trained centre",
     "finetune/jaggedness, vanilla blur - vanilla none",
-    ex.LESS,
+    LESS,
     0.02,
 )
-GLOBAL = ex.declare(
+GLOBAL = declare(
     f"{NAME}.blur_not_global",
-    ex.HYPOTHESIS,
+    HYPOTHESIS,
     "[Lee et al.] anti-aliasing does not help global invariance: vanilla blur and plain nets "
     "are equally accurate at centres one item width or more away",
     "acc@untrained, vanilla blur - vanilla none",
-    ex.WITHIN,
+    WITHIN,
     0.05,
 )
-OWN_TASK = ex.declare(
+OWN_TASK = declare(
     f"{NAME}.pretraining_learned",
-    ex.SANITY,
+    SANITY,
     "the pretraining learned its own task (a control that did not is no control)",
     "pretrain/acc at the end of pretraining - 0.5",
-    ex.GREATER,
+    GREATER,
     0.0,
 )
 
