@@ -206,9 +206,11 @@ def test_second_driver_is_refused_or_waits_and_a_killed_drivers_lock_never_block
             kill_group(waiter)
 
 
-def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, tracking_uri, home):
-    """The newest checkpoint of an interrupted trial is truncated: the relaunch resumes it from
-    the one before, says so on the run, and every step is in MLflow once."""
+def test_corrupt_checkpoints_fall_back_to_the_newest_readable_one(tmp_path, tracking_uri, home):
+    """An interrupted trial's newest checkpoints are damaged (state truncated, metadata not
+    JSON): the relaunch resumes it from the newest readable one, says so on the run, and every
+    step is in MLflow once. (Which checkpoint Tune restores can lag the newest folder, so every
+    one but the oldest is damaged.)"""
     space = write_space(tmp_path, "corrupt", LR, samples=1, pretrain_steps=200, finetune_steps=60)
     proc = driver(space, tracking_uri, home)
     try:
@@ -221,14 +223,17 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, trac
     finally:
         kill_group(proc)
     (trial_dir,) = (home / "ray_results" / "corrupt").glob("train_*")
-    newest = sorted(trial_dir.glob("checkpoint_*"))[-1]
-    state = newest / "state.pt"
-    state.write_bytes(state.read_bytes()[:200])
+    oldest, *damaged = sorted(trial_dir.glob("checkpoint_*"))
+    assert damaged
+    state = damaged[-1] / "state.pt"
+    state.write_bytes(state.read_bytes()[:200])  # truncated
+    for folder in damaged[:-1]:
+        (folder / "meta.json").write_text("{not json")
 
     code, out = finish(driver(space, tracking_uri, home))
     assert code == 0, out
     (run,) = trial_runs(tracking_uri, "corrupt")
     assert run.info.status == "FINISHED"
     warning = run.data.tags["transinv.warning"]
-    assert newest.name in warning and "resuming from checkpoint_" in warning
+    assert "unreadable checkpoint" in warning and f"resuming from {oldest.name}" in warning
     assert_one_point_per_step(tracking_uri, "corrupt", 200, 60)
