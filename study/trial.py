@@ -72,6 +72,8 @@ def _tune_metrics(evaluation: Evaluation, spec: StudySpec, pretrain_steps: int) 
         spec.objective: evaluation.metrics.get(spec.objective, math.nan),
         metrics.ACC_TRAINED: evaluation.metrics.get(metrics.ACC_TRAINED, math.nan),
     }
+    for metric, _ in spec.objectives:  # Tune requires every objective of a searcher too
+        out.setdefault(metric, evaluation.metrics.get(metric, math.nan))
     out.update((k, float(v)) for k, v in evaluation.metrics.items())
     out["phase"] = evaluation.phase
     return out

@@ -372,25 +372,6 @@ def test_ui_stops_its_server_on_sigterm_and_refuses_a_taken_port(tmp_path, monke
         kill_group(proc)
 
 
-def test_profile_says_where_the_study_time_went(finished, tracking_uri, capsys):
-    from transinv.study_cost import study_cost
-
-    table = study_cost("track", tracking_uri)
-    seconds = dict(zip(table["part"], table["seconds"], strict=True))
-    assert table.attrs["trials"] == 2 and table.attrs["slots"] in (1, 2)
-    for part in ("setup", "pretrain", "finetune", "eval", "report", "tracking", "tracking_wait"):
-        assert seconds[part] > 0, part  # the glyphs trial pretrains; every trial is tracked
-    # The trainer's parts fit inside the trial runs, and the runs inside the study's slot time.
-    assert seconds["trial_other"] >= 0
-    assert seconds["ray_overhead"] > 0  # Ray start-up and worker processes at the least
-    assert seconds["cache_saved"] == 0 and table.attrs["cache_hits"] == 0
-    # Instrument check: the booked parts and the two remainders add up to the slot time.
-    assert table["share"].sum() == pytest.approx(1.0)
-    assert cli.main(["profile", "track", "--tracking-uri", tracking_uri]) == 0
-    out = capsys.readouterr().out
-    assert "study track: 2 finished trials" in out and "ray_overhead" in out
-
-
 @pytest.fixture(scope="module")
 def conditions(tmp_path_factory, tracking_uri):
     """A grid study of two conditions x two seeds, where pretrain.translation is active only
