@@ -135,7 +135,20 @@ REGIMES = Registry("regime", "transinv.regimes", facts=("uses",))
 """Regime -> centre sampler `(Placement, labels, items, generator) -> centres`. Fact: `uses`,
 the config keys besides the canvas and the item set that change where it puts centres."""
 
-REGISTRIES = (MODELS, SOURCES, REGIMES)
-"""Every registry, for `python -m transinv --list`."""
+ANALYSES = Registry("analysis", "transinv.analyses")
+"""Analysis -> `(StudyData) -> Section` (`transinv/analyses/`); a study file's `report:` names
+them."""
 
-__all__ = ["MODELS", "REGIMES", "REGISTRIES", "SOURCES", "Entry", "Registry", "first_sentence"]
+REGISTRIES = (MODELS, SOURCES, REGIMES)
+"""Every registry of a config key, for `python -m transinv --list` (which lists analyses too)."""
+
+__all__ = [
+    "ANALYSES",
+    "MODELS",
+    "REGIMES",
+    "REGISTRIES",
+    "SOURCES",
+    "Entry",
+    "Registry",
+    "first_sentence",
+]

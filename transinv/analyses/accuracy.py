@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+import transinv.analyses.expectations as ex
 from transinv import metrics, plots, stats, study_plots
-from transinv.analyses import expectations as ex
 from transinv.analyses.base import (
+    ANALYSES,
     NEAR_CHANCE_RATIO,
     Section,
     StudyData,
@@ -26,7 +27,6 @@ from transinv.analyses.base import (
     invariance_level,
     missing,
     own_task,
-    register,
     representation_layer,
     unique_trials,
     with_g_at_start,
@@ -142,7 +142,7 @@ SHIFT_BINS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 """Shift from the trained centre in item widths, for the fall-off."""
 
 
-@register("not_invariant")
+@ANALYSES.register()
 def not_invariant(study: StudyData) -> Section:
     section = Section(
         "not_invariant",
@@ -269,7 +269,7 @@ def _mean_heatmaps(study: StudyData, chance: float) -> dict[str, Figure]:
 # Claim 2: learned invariance transfers to new items.
 
 
-@register("transfer")
+@ANALYSES.register()
 def transfer(study: StudyData) -> Section:
     section = Section(
         "transfer",
@@ -311,7 +311,7 @@ def transfer(study: StudyData) -> Section:
 CONTROL_REGIMES = ("class_region", "exemplar_location", "location")
 
 
-@register("coverage_controls")
+@ANALYSES.register()
 def coverage_controls(study: StudyData) -> Section:
     section = Section(
         "coverage_controls",
@@ -363,7 +363,7 @@ def coverage_controls(study: StudyData) -> Section:
 # Claim 6: head and stride.
 
 
-@register("head_and_stride")
+@ANALYSES.register()
 def head_and_stride(study: StudyData) -> Section:
     section = Section(
         "head_and_stride",
@@ -417,7 +417,7 @@ def head_and_stride(study: StudyData) -> Section:
 # The zoo.
 
 
-@register("architectures")
+@ANALYSES.register()
 def architectures(study: StudyData) -> Section:
     section = Section(
         "architectures",

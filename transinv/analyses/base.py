@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from transinv import metrics, plots, stats
-from transinv.analyses import expectations as ex
+import transinv.analyses.expectations as ex
+from transinv import choices, metrics, plots, stats
 from transinv.config import KEY_TYPES, format_value
 from transinv.results import curves, final_grids, summarize, varying_keys, with_config
 
@@ -135,15 +135,8 @@ class StudyData:
 _EMPTY_CURVE = pd.DataFrame(columns=["run_id", "key", "step", "value", "timestamp"])
 
 Analysis = Callable[[StudyData], Section]
-ANALYSES: dict[str, Analysis] = {}
-
-
-def register(name: str) -> Callable[[Analysis], Analysis]:
-    def add(fn: Analysis) -> Analysis:
-        ANALYSES[name] = fn
-        return fn
-
-    return add
+ANALYSES = choices.ANALYSES
+"""Name -> analysis, filled by `@ANALYSES.register()` in the analysis modules."""
 
 
 # ---------------------------------------------------------------------------------------------

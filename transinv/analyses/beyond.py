@@ -8,9 +8,10 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+import transinv.analyses.expectations as ex
 from transinv import metrics, plots, stats, study_plots
-from transinv.analyses import expectations as ex
 from transinv.analyses.base import (
+    ANALYSES,
     Section,
     StudyData,
     chance_of,
@@ -19,7 +20,6 @@ from transinv.analyses.base import (
     judge,
     missing,
     own_task,
-    register,
     representation_layer,
     with_g_at_start,
 )
@@ -87,7 +87,7 @@ def trend(study: StudyData, check_id: str, label: str, frame: pd.DataFrame, x: s
 # Beyond the paper.
 
 
-@register("dose_response")
+@ANALYSES.register()
 def dose_response(study: StudyData) -> Section:
     section = Section(
         "dose_response",
@@ -117,7 +117,7 @@ def dose_response(study: StudyData) -> Section:
     return section
 
 
-@register("duration")
+@ANALYSES.register()
 def duration(study: StudyData) -> Section:
     section = Section(
         "duration",
@@ -163,7 +163,7 @@ def duration(study: StudyData) -> Section:
     return section
 
 
-@register("regime_search")
+@ANALYSES.register()
 def regime_search(study: StudyData) -> Section:
     section = Section(
         "regime_search",

@@ -18,6 +18,7 @@ import pandas as pd
 
 from transinv import metrics, stats, study_plots
 from transinv.analyses.base import (
+    ANALYSES,
     Section,
     StudyData,
     against,
@@ -27,7 +28,6 @@ from transinv.analyses.base import (
     difference,
     missing,
     own_task,
-    register,
 )
 from transinv.analyses.expectations import GREATER, HYPOTHESIS, LESS, SANITY, WITHIN, declare
 from transinv.choices import MODELS
@@ -133,7 +133,7 @@ def _rows(frame: pd.DataFrame, antialias: str, head: str, vanilla: bool) -> pd.D
     ]
 
 
-@register(NAME)
+@ANALYSES.register()
 def builtin_vs_learned(study: StudyData) -> Section:
     section = Section(
         NAME,

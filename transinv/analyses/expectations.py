@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from transinv import stats
+from transinv.choices import ANALYSES
 from transinv.config import ConfigError
 
 PAPER, HYPOTHESIS, SANITY = "paper", "hypothesis", "sanity"
@@ -159,8 +160,6 @@ def _where_error(source: str, where: str, what: str, hint: str = "") -> ConfigEr
 def plan_from_yaml(value: Any, source: str) -> ReportPlan:
     """The study file's `report:` (a list of analyses, or `{analyses: [...], expect: {check:
     {direction, min_effect}}}`), validated and resolved; `source` names the file in errors."""
-    from transinv.analyses.base import ANALYSES  # the registry fills when analyses import
-
     if value is None:
         return ReportPlan((), {})
     if isinstance(value, list):

@@ -7,9 +7,10 @@ import math
 
 import pandas as pd
 
+import transinv.analyses.expectations as ex
 from transinv import metrics, stats, study_plots
-from transinv.analyses import expectations as ex
 from transinv.analyses.base import (
+    ANALYSES,
     Section,
     StudyData,
     against,
@@ -18,7 +19,6 @@ from transinv.analyses.base import (
     condition_table,
     difference,
     missing,
-    register,
     representation_layer,
     unique_trials,
 )
@@ -125,7 +125,7 @@ HEAD_UNDERFITS = ex.declare(
 # Claim 4: invariance lives in the representations.
 
 
-@register("representations")
+@ANALYSES.register()
 def representations(study: StudyData) -> Section:
     section = Section(
         "representations",
@@ -226,7 +226,7 @@ def _fully_translated(frame: pd.DataFrame) -> pd.Series:
 # Claim 5: further training erases invariance.
 
 
-@register("forgetting")
+@ANALYSES.register()
 def forgetting(study: StudyData) -> Section:
     section = Section(
         "forgetting",
