@@ -47,6 +47,17 @@ def write(tmp_path: Path, study: dict | str, name: str = "study.yaml") -> Path:
     return path
 
 
+def conditional_study(tmp_path: Path):
+    """A TPE study with a conditional key: dataset, translation when glyphs, freeze."""
+    study = copy.deepcopy(BASE)
+    study["space"] = {
+        k: v
+        for k, v in BASE["space"].items()
+        if k in ("pretrain.dataset", "pretrain.translation", "finetune.freeze")
+    }
+    return load_space(write(tmp_path, study))
+
+
 def changed(**edits) -> dict:
     """BASE with edits: `a__b=v` sets study[a][b] = v; a value of DROP deletes the entry."""
     study = copy.deepcopy(BASE)
@@ -112,7 +123,8 @@ CASES = {
     "bad_metric": (changed(objective__metric="accuracy"), ["objective.metric", "group/quantity"]),
     "bad_constraint": (changed(constraints=["finetune/acc = 1"]), ["constraints[0]", ">=, <="]),
     "bad_sampler": (
-        changed(search__sampler="cmaes"), ["search.sampler", "tpe, gp, nsga2, random, grid"]
+        changed(search__sampler="cmaes"),
+        ["search.sampler", "tpe, gp, nsga2, random, grid"],
     ),
     "bad_scheduler": (changed(scheduler="pbt"), ["scheduler", "fifo, asha"]),
     "asha_without_asha": (changed(asha={"grace_period": 10}), ["asha", "scheduler: asha"]),
@@ -211,7 +223,7 @@ CASES = {
     ),
     "unknown_analysis": (
         changed(report=["forgeting"]),
-        ["report[0]", "unknown value 'forgeting'", "forgetting"],
+        ["report.analyses[0]", "unknown value 'forgeting'", "forgetting"],
     ),
     "repeat_with_grid": (
         {**changed(search__sampler="grid", repeat=3), "space": {"seed": {"grid": [0, 1]}}},
@@ -276,7 +288,7 @@ def test_define_by_run_pickles_and_suggests_only_active_keys_inside_domains(tmp_
 def test_ray_optuna_search_keeps_dotted_keys_flat(tmp_path):
     from ray.tune.search.optuna import OptunaSearch
 
-    spec = load_space(SMOKE)
+    spec = conditional_study(tmp_path)
     searcher = OptunaSearch(
         space=define_by_run(spec),
         sampler=build_sampler(spec),
@@ -289,8 +301,8 @@ def test_ray_optuna_search_keeps_dotted_keys_flat(tmp_path):
     assert trial_config(spec, config).model.arch == "tiny_cnn"
 
 
-def test_trial_config_merges_fixed_and_drops_inactive_keys():
-    spec = load_space(SMOKE)
+def test_trial_config_merges_fixed_and_drops_inactive_keys(tmp_path):
+    spec = conditional_study(tmp_path)
     default = TrialConfig().pretrain.translation
     off = {"pretrain.dataset": "none", "pretrain.translation": 0.3, "finetune.freeze": "none"}
     on = {**off, "pretrain.dataset": "glyphs"}
@@ -301,8 +313,8 @@ def test_trial_config_merges_fixed_and_drops_inactive_keys():
     assert trial_config(spec, on).pretrain.translation == 0.3
 
 
-def test_trial_config_refuses_keys_outside_the_space_and_unsampled_active_keys():
-    spec = load_space(SMOKE)
+def test_trial_config_refuses_keys_outside_the_space_and_unsampled_active_keys(tmp_path):
+    spec = conditional_study(tmp_path)
     with pytest.raises(ConfigError, match="optim.lr"):
         trial_config(spec, {"pretrain.dataset": "none", "finetune.freeze": "none", "optim.lr": 1})
     with pytest.raises(ConfigError, match="finetune.freeze"):
