@@ -211,9 +211,7 @@ def test_dry_run_lists_grid_trials_without_ray(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_study_exits_nonzero_and_resumes(
-    tmp_path, tracking_uri, home, signum, capsys
-):
+def test_interrupted_study_exits_nonzero_and_resumes(tmp_path, tracking_uri, home, signum, capsys):
     """Ctrl-C (SIGINT) and SIGTERM both stop the study resumably: in-flight trials continue
     from their checkpoints on relaunch."""
     name = f"sig{int(signum)}"
