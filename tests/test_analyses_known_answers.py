@@ -221,7 +221,7 @@ def representations(kind: str):
 
         trials += seeds({"pretrain.dataset": dataset, "pretrain.regime": "whole"}, spread, make)
     return trials, {
-        "representations.g_vs_vanilla[dataset=glyphs vs dataset=none]": KINDS[kind],
+        "representations.g_vs_vanilla[dataset=glyphs vs vanilla]": KINDS[kind],
         "representations.conv_equivariant[conv4]": HELD,  # by construction, in every kind
     }
 
