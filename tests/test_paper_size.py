@@ -44,6 +44,7 @@ MINIATURE = {
     "optim.batch_size": 2,
     "eval.items": 2,
     "eval.pretrain_items": 2,
+    "eval.nway": 2,  # N-way matching needs N classes among the 2 held-out items
     # Half the canvas: centres at 25 and 137 px on each axis, so 4 centres, 3 of them at least
     # an item width from the trained one (56, 112).
     "eval.grid_step": 0.5,
