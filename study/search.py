@@ -21,7 +21,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
-from study.space import SAMPLERS, Domain, StudySpec
+from study.space import Domain, StudySpec
+from study.study_file import SAMPLERS
 from study.trial import PHASE_STEP
 from transinv import config as cfg
 from transinv.config import ConfigError

@@ -6,11 +6,12 @@ starts, and returns a frozen `StudySpec`; `trial_config` turns a spec and a tria
 values into its `TrialConfig`. Keys are the flat dotted keys of `transinv.config`, unchanged
 end to end.
 
-Reading the YAML and checking one `space` entry (with the checker whose errors name the file,
-the YAML path and the choices) is `study/study_file.py`. What Optuna and Ray make of a spec
-(define-by-run space, sampler, grid, searcher, scheduler) is `study/search.py`; the Tuner, the
-trainable and the CLI are `tuner.py`, `trial.py` and `cli.py`. This module imports neither Ray
-nor Optuna, and starts nothing.
+Reading the YAML, checking one `space` entry and the entries that say how a study searches and
+runs (objectives, constraints, search, resources, scheduler, repeat), with the checker whose
+errors name the file, the YAML path and the choices, is `study/study_file.py`. What Optuna and
+Ray make of a spec (define-by-run space, sampler, grid, searcher, scheduler) is
+`study/search.py`; the Tuner, the trainable and the CLI are `tuner.py`, `trial.py` and
+`cli.py`. This module imports neither Ray nor Optuna, and starts nothing.
 
 Conditions follow ConfigSpace: a domain is active iff every key its `when` / `when_not` names
 is present (fixed, or sampled and itself active) and its value is (is not) in the listed values.
@@ -25,10 +26,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from study.study_file import StudyFile, base_fixed, digest, domain_fields, read_yaml
+from study.study_file import (
+    StudyFile,
+    base_fixed,
+    constraints_entry,
+    digest,
+    domain_fields,
+    objectives_entry,
+    read_yaml,
+    repeat_entry,
+    resources_entry,
+    scheduler_entry,
+    search_entry,
+)
 from transinv import config as cfg
 from transinv.config import ConfigError, TrialConfig
-from transinv.constraints import METRIC_PATTERN, Constraint
+from transinv.constraints import Constraint
 
 TOP_KEYS = (
     "study",
@@ -48,15 +61,7 @@ TOP_KEYS = (
     "fixed",
     "space",
 )
-MODES = ("max", "min")
-SAMPLERS = ("tpe", "gp", "nsga2", "random", "grid")
-SEARCH_KEYS = ("sampler", "seed", "startup", "multivariate", "constant_liar")
-STARTUP_SAMPLERS = ("tpe", "gp", "nsga2")
-"""Samplers with a random start: `startup` is n_startup_trials (tpe, gp), population_size
-(nsga2: its first generation is random)."""
-SCHEDULERS = ("fifo", "asha")
 NAME_RE = re.compile(r"^[a-z0-9_-]+$")
-METRIC_RE = re.compile(rf"^{METRIC_PATTERN}$")
 
 
 @dataclass(frozen=True)
@@ -161,66 +166,18 @@ def load_space(path: str | Path) -> StudySpec:
     # Each `with f.entry()` block checks one entry: a problem is noted, the defaults set before
     # it stand in for the entry, and checking goes on; all problems are raised together below.
     raw = {**f.mapping(raw, "", TOP_KEYS)}
-    name, objectives = "", [("", "max")]
+    name = ""
     with f.entry():
         f.check("study" in raw, "study", "missing 'study'", "required keys: study, objective")
         name = raw["study"]
         ok = isinstance(name, str) and NAME_RE.match(name)
         hint = "use lower case letters, digits, _ and -"
         f.check(ok, "study", f"bad study name {name!r}", hint)
-    with f.entry():
-        given = [k for k in ("objective", "objectives") if k in raw]
-        f.check(
-            len(given) == 1,
-            "objective",
-            "missing 'objective'" if not given else "both objective and objectives",
-            "required keys: study, objective (or objectives: a list of them)",
-        )
-        if "objective" in raw:
-            objectives = [_objective(f, raw["objective"], "objective")]
-        else:
-            listed = raw["objectives"]
-            ok = isinstance(listed, list) and len(listed) >= 2
-            hint = "a list of two or more {metric: M, mode: max|min}; one is `objective:`"
-            f.check(ok, "objectives", f"bad objectives {listed!r}", hint)
-            objectives = [_objective(f, o, f"objectives[{i}]") for i, o in enumerate(listed)]
-            metrics = [m for m, _ in objectives]
-            f.check(len(set(metrics)) == len(metrics), "objectives", "a metric listed twice")
+    objectives = objectives_entry(f, raw)
     metric, mode = objectives[0]
 
-    listed = raw.get("constraints") or []
-    constraints: list[Constraint] = []
-    with f.entry():
-        ok = isinstance(listed, list)
-        f.check(ok, "constraints", f"bad constraints {listed!r}", "expected a list")
-        for i, c in enumerate(listed):
-            with f.entry():
-                constraints.append(Constraint.parse(c, f.source(f"constraints[{i}]")))
-
-    sampler, seed, startup = "tpe", 0, None
-    tpe_options: dict[str, bool] = {}
-    with f.entry():
-        search = f.mapping(raw.get("search"), "search", SEARCH_KEYS)
-        with f.entry():
-            sampler = f.one_of(search.get("sampler", "tpe"), "search.sampler", SAMPLERS)
-        with f.entry():
-            seed = f.integer(search.get("seed", 0), "search.seed", 0)
-        with f.entry():
-            if "startup" in search:
-                ok = sampler in STARTUP_SAMPLERS
-                hint = f"only with sampler {', '.join(STARTUP_SAMPLERS)}"
-                f.check(ok, "search.startup", f"startup with sampler {sampler}", hint)
-                # NSGA-II's population (its random first generation) needs two parents.
-                low = 2 if sampler == "nsga2" else 1
-                startup = f.integer(search["startup"], "search.startup", low)
-        for option in ("multivariate", "constant_liar"):
-            with f.entry():
-                if option in search:
-                    at = f"search.{option}"
-                    f.check(sampler == "tpe", at, f"{option} with sampler {sampler}", "tpe only")
-                    value = search[option]
-                    f.check(isinstance(value, bool), at, f"bad value {value!r}", "true or false")
-                    tpe_options[option] = value
+    constraints = constraints_entry(f, raw)
+    sampler, seed, startup, tpe_options = search_entry(f, raw)
     samples = max_concurrent = 1
     with f.entry():
         f.check(
@@ -233,31 +190,8 @@ def load_space(path: str | Path) -> StudySpec:
     with f.entry():
         max_concurrent = f.integer(raw.get("max_concurrent", 1), "max_concurrent", 1)
 
-    cpu, gpu = 1.0, 0.0
-    with f.entry():
-        resources = f.mapping(raw.get("resources"), "resources", ("cpu", "gpu"))
-        with f.entry():
-            cpu = f.number(resources.get("cpu", 1), "resources.cpu", 0.0, strict=True)
-        gpu = f.number(resources.get("gpu", 0), "resources.gpu", 0.0)
-
-    scheduler = "fifo"
-    asha: dict[str, Any] = {}
-    with f.entry():
-        scheduler = f.one_of(raw.get("scheduler", "fifo"), "scheduler", SCHEDULERS)
-    with f.entry():
-        ok = "asha" not in raw or scheduler == "asha"
-        f.check(ok, "asha", f"asha settings with scheduler {scheduler}", "set scheduler: asha")
-        if scheduler == "asha":
-            given = f.mapping(
-                raw.get("asha"), "asha", ("grace_period", "reduction_factor", "max_t")
-            )
-            f.check("grace_period" in given, "asha.grace_period", "missing", "finetune steps")
-            asha["grace_period"] = f.integer(given["grace_period"], "asha.grace_period", 1)
-            asha["reduction_factor"] = f.number(
-                given.get("reduction_factor", 2), "asha.reduction_factor", 1.0, strict=True
-            )
-            if "max_t" in given:
-                asha["max_t"] = f.integer(given["max_t"], "asha.max_t", asha["grace_period"])
+    cpu, gpu = resources_entry(f, raw)
+    scheduler, asha = scheduler_entry(f, raw)
 
     fixed_raw = raw.get("fixed") or {}
     fixed: dict[str, Any] = {}
@@ -295,29 +229,11 @@ def load_space(path: str | Path) -> StudySpec:
         # Pre-registered: the digest covers every check's resolved expectation, so changing
         # one (in the file, or a default in transinv/analyses) makes it another study.
         raw = {**raw, "report": plan.to_dict()}
-    repeat = 1
-    with f.entry():
-        repeat = f.integer(raw.get("repeat", 1), "repeat", 1)
-        if repeat > 1:
-            hint = "grid seed instead"
-            f.check(sampler != "grid", "repeat", "repeat with search.sampler grid", hint)
-            f.check(
-                samples % repeat == 0,
-                "samples",
-                f"samples {samples} is not a multiple of repeat {repeat}",
-                "samples counts trials: suggestions x repeat",
-            )
-    with f.entry():
-        f.check(
-            "seed" not in fixed or repeat == 1, "fixed.seed", "seed fixed with repeat",
-            "repeat sets the seeds 0..repeat-1 itself",
-        )  # fmt: skip
+    repeat = repeat_entry(f, raw, sampler, samples, fixed)
     pretrain_cache = raw.get("pretrain_cache", True)
     with f.entry():
-        f.check(
-            isinstance(pretrain_cache, bool), "pretrain_cache", f"bad value {pretrain_cache!r}",
-            "true or false",
-        )  # fmt: skip
+        ok = isinstance(pretrain_cache, bool)
+        f.check(ok, "pretrain_cache", f"bad value {pretrain_cache!r}", "true or false")
 
     space_raw = raw.get("space") or {}
     space: dict[str, Domain] = {}
@@ -377,17 +293,6 @@ def load_space(path: str | Path) -> StudySpec:
     )
     _sanity_build(spec, f)
     return spec
-
-
-def _objective(f: StudyFile, value: Any, where: str) -> tuple[str, str]:
-    """One `{metric: M, mode: max|min}` entry as (metric, mode)."""
-    objective = f.mapping(value, where, ("metric", "mode"))
-    for key in ("metric", "mode"):
-        f.check(key in objective, f"{where}.{key}", "missing", f"{where} needs metric and mode")
-    metric = objective["metric"]
-    ok = isinstance(metric, str) and METRIC_RE.match(metric)
-    f.check(ok, f"{where}.metric", f"bad metric {metric!r}", "expected group/quantity[/layer]")
-    return metric, f.one_of(objective["mode"], f"{where}.mode", MODES)
 
 
 def _sanity_build(spec: StudySpec, f: StudyFile) -> None:

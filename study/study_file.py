@@ -1,6 +1,8 @@
 """Reading one study file: its YAML, its `base:` file, its digest, and `StudyFile`, the checker
-whose ConfigErrors name the file, the YAML path and the valid choices; and the check of one
-`space` entry (a domain and its `when` / `when_not` conditions) into `space.Domain`'s fields.
+whose ConfigErrors name the file, the YAML path and the valid choices; the check of one
+`space` entry (a domain and its `when` / `when_not` conditions) into `space.Domain`'s fields;
+and the checks of the top-level entries that say how a study searches and runs (objectives,
+constraints, search, resources, scheduler, repeat).
 
 The study file's top-level schema, `StudySpec` and what conditions mean are `space.py`.
 """
@@ -11,6 +13,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,10 +23,19 @@ import yaml
 
 from transinv import config as cfg
 from transinv.config import ConfigError
+from transinv.constraints import METRIC_PATTERN, Constraint
 
 DOMAIN_KINDS = ("choice", "uniform", "loguniform", "int", "grid")
 CONDITIONS = ("when", "when_not")
 _DOMAIN_OPTIONS = {"int": ("step", "log")}
+MODES = ("max", "min")
+SAMPLERS = ("tpe", "gp", "nsga2", "random", "grid")
+SEARCH_KEYS = ("sampler", "seed", "startup", "multivariate", "constant_liar")
+STARTUP_SAMPLERS = ("tpe", "gp", "nsga2")
+"""Samplers with a random start: `startup` is n_startup_trials (tpe, gp), population_size
+(nsga2: its first generation is random)."""
+SCHEDULERS = ("fifo", "asha")
+METRIC_RE = re.compile(rf"^{METRIC_PATTERN}$")
 
 
 class StudyFile:
@@ -275,3 +287,144 @@ def _is_point(listed: Any) -> bool:
         and len(listed) == 2
         and all(isinstance(v, int | float) for v in listed)
     )
+
+
+# -- the top-level entries that say how a study searches and runs ---------------------------------
+
+
+def objectives_entry(f: StudyFile, raw: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """`objective: {metric, mode}` or `objectives: [two or more of them]` as (metric, mode)s."""
+    objectives = [("", "max")]
+    with f.entry():
+        given = [k for k in ("objective", "objectives") if k in raw]
+        f.check(
+            len(given) == 1,
+            "objective",
+            "missing 'objective'" if not given else "both objective and objectives",
+            "required keys: study, objective (or objectives: a list of them)",
+        )
+        if "objective" in raw:
+            objectives = [_objective(f, raw["objective"], "objective")]
+        else:
+            listed = raw["objectives"]
+            ok = isinstance(listed, list) and len(listed) >= 2
+            hint = "a list of two or more {metric: M, mode: max|min}; one is `objective:`"
+            f.check(ok, "objectives", f"bad objectives {listed!r}", hint)
+            objectives = [_objective(f, o, f"objectives[{i}]") for i, o in enumerate(listed)]
+            metrics = [m for m, _ in objectives]
+            f.check(len(set(metrics)) == len(metrics), "objectives", "a metric listed twice")
+    return objectives
+
+
+def _objective(f: StudyFile, value: Any, where: str) -> tuple[str, str]:
+    """One `{metric: M, mode: max|min}` entry as (metric, mode)."""
+    objective = f.mapping(value, where, ("metric", "mode"))
+    for key in ("metric", "mode"):
+        f.check(key in objective, f"{where}.{key}", "missing", f"{where} needs metric and mode")
+    metric = objective["metric"]
+    ok = isinstance(metric, str) and METRIC_RE.match(metric)
+    f.check(ok, f"{where}.metric", f"bad metric {metric!r}", "expected group/quantity[/layer]")
+    return metric, f.one_of(objective["mode"], f"{where}.mode", MODES)
+
+
+def search_entry(
+    f: StudyFile, raw: Mapping[str, Any]
+) -> tuple[str, int, int | None, dict[str, bool]]:
+    """`search:` as (sampler, seed, startup, TPE options)."""
+    sampler, seed, startup = "tpe", 0, None
+    tpe_options: dict[str, bool] = {}
+    with f.entry():
+        search = f.mapping(raw.get("search"), "search", SEARCH_KEYS)
+        with f.entry():
+            sampler = f.one_of(search.get("sampler", "tpe"), "search.sampler", SAMPLERS)
+        with f.entry():
+            seed = f.integer(search.get("seed", 0), "search.seed", 0)
+        with f.entry():
+            if "startup" in search:
+                ok = sampler in STARTUP_SAMPLERS
+                hint = f"only with sampler {', '.join(STARTUP_SAMPLERS)}"
+                f.check(ok, "search.startup", f"startup with sampler {sampler}", hint)
+                # NSGA-II's population (its random first generation) needs two parents.
+                low = 2 if sampler == "nsga2" else 1
+                startup = f.integer(search["startup"], "search.startup", low)
+        for option in ("multivariate", "constant_liar"):
+            with f.entry():
+                if option in search:
+                    at = f"search.{option}"
+                    f.check(sampler == "tpe", at, f"{option} with sampler {sampler}", "tpe only")
+                    value = search[option]
+                    f.check(isinstance(value, bool), at, f"bad value {value!r}", "true or false")
+                    tpe_options[option] = value
+    return sampler, seed, startup, tpe_options
+
+
+def resources_entry(f: StudyFile, raw: Mapping[str, Any]) -> tuple[float, float]:
+    """`resources: {cpu, gpu}` of one trial."""
+    cpu, gpu = 1.0, 0.0
+    with f.entry():
+        resources = f.mapping(raw.get("resources"), "resources", ("cpu", "gpu"))
+        with f.entry():
+            cpu = f.number(resources.get("cpu", 1), "resources.cpu", 0.0, strict=True)
+        gpu = f.number(resources.get("gpu", 0), "resources.gpu", 0.0)
+
+    return cpu, gpu
+
+
+def scheduler_entry(f: StudyFile, raw: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """`scheduler:` and its `asha:` settings."""
+    scheduler = "fifo"
+    asha: dict[str, Any] = {}
+    with f.entry():
+        scheduler = f.one_of(raw.get("scheduler", "fifo"), "scheduler", SCHEDULERS)
+    with f.entry():
+        ok = "asha" not in raw or scheduler == "asha"
+        f.check(ok, "asha", f"asha settings with scheduler {scheduler}", "set scheduler: asha")
+        if scheduler == "asha":
+            given = f.mapping(
+                raw.get("asha"), "asha", ("grace_period", "reduction_factor", "max_t")
+            )
+            f.check("grace_period" in given, "asha.grace_period", "missing", "finetune steps")
+            asha["grace_period"] = f.integer(given["grace_period"], "asha.grace_period", 1)
+            asha["reduction_factor"] = f.number(
+                given.get("reduction_factor", 2), "asha.reduction_factor", 1.0, strict=True
+            )
+            if "max_t" in given:
+                asha["max_t"] = f.integer(given["max_t"], "asha.max_t", asha["grace_period"])
+    return scheduler, asha
+
+
+def constraints_entry(f: StudyFile, raw: Mapping[str, Any]) -> list[Constraint]:
+    """`constraints: ["metric op value", ...]` in the one grammar of `transinv.constraints`."""
+    listed = raw.get("constraints") or []
+    constraints: list[Constraint] = []
+    with f.entry():
+        ok = isinstance(listed, list)
+        f.check(ok, "constraints", f"bad constraints {listed!r}", "expected a list")
+        for i, c in enumerate(listed):
+            with f.entry():
+                constraints.append(Constraint.parse(c, f.source(f"constraints[{i}]")))
+    return constraints
+
+
+def repeat_entry(
+    f: StudyFile, raw: Mapping[str, Any], sampler: str, samples: int, fixed: Mapping[str, Any]
+) -> int:
+    """`repeat: N`: each Optuna suggestion runs with seeds 0..N-1."""
+    repeat = 1
+    with f.entry():
+        repeat = f.integer(raw.get("repeat", 1), "repeat", 1)
+        if repeat > 1:
+            hint = "grid seed instead"
+            f.check(sampler != "grid", "repeat", "repeat with search.sampler grid", hint)
+            f.check(
+                samples % repeat == 0,
+                "samples",
+                f"samples {samples} is not a multiple of repeat {repeat}",
+                "samples counts trials: suggestions x repeat",
+            )
+    with f.entry():
+        f.check(
+            "seed" not in fixed or repeat == 1, "fixed.seed", "seed fixed with repeat",
+            "repeat sets the seeds 0..repeat-1 itself",
+        )  # fmt: skip
+    return repeat
