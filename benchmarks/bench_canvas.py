@@ -64,8 +64,9 @@ from torch import nn
 
 from transinv.canvas import CanvasStream
 from transinv.config import from_flat
+from transinv.device import select_device
 from transinv.models import build_model
-from transinv.trainer import build_setup, select_device
+from transinv.trainer import build_setup
 
 
 def sync(device: torch.device) -> None:

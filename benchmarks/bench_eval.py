@@ -65,6 +65,7 @@ from torch import nn
 
 from transinv.canvas import Renderer
 from transinv.config import from_flat
+from transinv.device import configure_threads, select_device
 from transinv.grid import (
     GridResult,
     TestGrid,
@@ -75,10 +76,8 @@ from transinv.grid import (
 )
 from transinv.trainer import (
     build_setup,
-    configure_threads,
     enter_phase,
     initial_state,
-    select_device,
 )
 
 

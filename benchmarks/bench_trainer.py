@@ -48,15 +48,14 @@ from torch import nn
 
 from transinv.canvas import CanvasStream
 from transinv.config import from_flat
+from transinv.device import configure_threads, select_device
 from transinv.models import build_model
 from transinv.trainer import (
     Evaluation,
     TrainState,
     build_setup,
-    configure_threads,
     initial_state,
     run_phase,
-    select_device,
 )
 
 

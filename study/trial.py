@@ -28,6 +28,7 @@ from ray.tune.search.repeater import TRIAL_INDEX
 from study.space import StudySpec, active_params, run_name, trial_config
 from transinv import metrics
 from transinv.config import to_flat
+from transinv.evaluation import Evaluation
 from transinv.runlog import RunLog
 from transinv.tracking import (
     TAG_HOST,
@@ -40,7 +41,7 @@ from transinv.tracking import (
     TrackingOutage,
     TrackingQueue,
 )
-from transinv.trainer import Evaluation, TrainState, run_trial
+from transinv.trainer import TrainState, run_trial
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"

@@ -11,6 +11,7 @@ resulting arrays (summaries, G, jaggedness, N-way accuracy, forgetting) and ever
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,19 @@ class Evaluation:
     grids: dict[str, np.ndarray] = field(default_factory=dict)
     final: bool = False
     """The last evaluation of its phase."""
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """Final finetuning metrics plus forgetting summaries, and the trial's descriptive info
+    (stop reasons, steps run, test grid, normalisation)."""
+
+    metrics: dict[str, float]
+    info: dict[str, Any]
+    curves: dict[str, dict[int, float]]
+    grid: TestGrid
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Where the trial's time went, by part (`metrics.TIME_PARTS`, `pretrain_saved`)."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from transinv import metrics, plots
+from transinv.evaluation import Evaluation, TrialResult
 from transinv.grid import TestGrid
 from transinv.tracking import (
     TAG_DELIVERED,
@@ -37,7 +38,6 @@ from transinv.tracking import (
     TrackingQueue,
     summary_tag,
 )
-from transinv.trainer import Evaluation, TrialResult
 
 
 def heatmap_path(key: str, phase: str, step: int) -> str:

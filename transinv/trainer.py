@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ from torch import nn
 
 from transinv import metrics
 from transinv.config import TrialConfig, to_flat, validate
-from transinv.evaluation import Evaluation, curve_points
+from transinv.device import configure_threads, select_device
+from transinv.evaluation import Evaluation, TrialResult, curve_points
 from transinv.grid import TestGrid, build_grid
 from transinv.models import (
     Net,
@@ -53,38 +53,8 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the message names the phase and step."""
 
 
-@dataclass(frozen=True)
-class TrialResult:
-    """Final finetuning metrics plus forgetting summaries, and the trial's descriptive info
-    (stop reasons, steps run, test grid, normalisation)."""
-
-    metrics: dict[str, float]
-    info: dict[str, Any]
-    curves: dict[str, dict[int, float]]
-    grid: TestGrid
-    seconds: dict[str, float] = field(default_factory=dict)
-    """Where the trial's time went, by part (`metrics.TIME_PARTS`, `pretrain_saved`)."""
-
-
 # ---------------------------------------------------------------------------------------------
 # Setup: everything that follows from the config alone (not part of a checkpoint).
-
-
-def select_device(name: str) -> torch.device:
-    """`auto` is CUDA when a GPU is visible (Ray hides GPUs from trials that asked for none)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("run.device=cuda but no CUDA device is visible to this process")
-    return torch.device(name)
-
-
-def configure_threads(threads: int) -> int:
-    """Intra-op threads: the configured number, else the CPUs this process may run on (a Ray
-    trial's CPU share, a container's quota)."""
-    n = threads or len(os.sched_getaffinity(0))
-    torch.set_num_threads(n)
-    return n
 
 
 @dataclass
