@@ -35,6 +35,7 @@ from cluster_fixtures import (
     trial_runs,
 )
 from mlflow import MlflowClient
+from test_study import wait_for
 
 from transinv import metrics
 
@@ -118,16 +119,6 @@ def mlflow_pg(postgres, tmp_path_factory):
 def ray_cluster():
     with running_ray_cluster(workers=1, cpus=4, env=CREDENTIALS) as cluster:
         yield cluster
-
-
-def wait_for(predicate, timeout: float, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"not within {timeout:.0f} s")
 
 
 # -- the connection budget -----------------------------------------------------------------------
@@ -227,7 +218,7 @@ def test_postgres_restart_mid_study_loses_and_duplicates_nothing(
             runs = trial_runs(mlflow_pg.uri, "pgrestart") if proc.poll() is None else []
             return len(runs) == 2 and all(progress(r)[1] >= 50 for r in runs)
 
-        wait_for(logging, timeout=180)
+        wait_for(logging, timeout=180, every=0.5)
         stopped = time.time()
         postgres.stop("fast")  # every client connection closed, as a container restart does
         time.sleep(OUTAGE_S)
@@ -273,7 +264,7 @@ def test_lost_worker_node_trial_resumes_on_the_head_into_the_same_run(
                     return run
             return None
 
-        lost = wait_for(on_worker, timeout=180)
+        lost = wait_for(on_worker, timeout=180, every=0.5)
         ray_cluster.kill_node(1)
         out, _ = proc.communicate(timeout=420)
     finally:
