@@ -11,7 +11,9 @@ study file names (`report:`; `analyses.py`), and writes
                                instrument checks), then each study's sections
     DIR/report.json            studies, trial counts, run times, checks with their numbers:
                                source, expectation, min_effect, effect, ci_low, ci_high, p,
-                               p_holm, n, method, verdict, shared_with, run_ids
+                               p_holm, n, method, verdict, shared_with, run_ids; and
+                               `budgets`: each paper check of a study `S` beside the same
+                               check of its sibling `S_paper` (the paper-faithful budget)
     DIR/<study>/report.md      that study alone, beside its figures (DIR/<study>/*.png)
 
 With `readme=README.md` it also rewrites the part of that file between the markers
@@ -167,6 +169,7 @@ def build_report(
                 "tracking_uri": uri,
                 "methods": METHODS,
                 "summary": verdict_counts(reports),
+                "budgets": budget_pairs(reports),
                 "studies": [_json(r) for r in reports],
             }
         )
@@ -263,6 +266,9 @@ def render_summary(reports: Sequence[StudyReport], uri: str, generated: str) -> 
     ]
     for source, title in SOURCE_TITLES.items():
         lines += ["", f"## {title}", "", *_checks_table(reports, source)]
+    budgets = _budgets_table(reports)
+    if budgets:
+        lines += ["", f"## {BUDGETS_TITLE}", "", BUDGETS_NOTE, "", *budgets]
     lines += ["", *_claims_quoted(reports)]
     lines += ["", "| study | trials | wall time | trial time |", "| --- | --- | --- | --- |"]
     for report in reports:
@@ -331,6 +337,71 @@ def _checks_table(reports: Sequence[StudyReport], source: str) -> list[str]:
         return ["_(none in these studies)_"]
     rule = "| --- " * (CHECK_HEADER.count("|") + 1) + "|"
     return [f"| study | {CHECK_HEADER}", rule, *rows]
+
+
+PAPER_BUDGET_SUFFIX = "_paper"
+BUDGETS_TITLE = "The paper's claims under both budgets"
+BUDGETS_NOTE = (
+    f"Each study `S` and its sibling `S{PAPER_BUDGET_SUFFIX}` (the same conditions, seeds and "
+    "pre-registered checks under the paper-faithful budget, `base/paper_settings.yaml`) side "
+    "by side, one row per `paper` check the two share; the difference is the paper budget's "
+    "effect minus the small budget's. Verdicts are each study's own (Holm within the study)."
+)
+
+
+def budget_pairs(reports: Sequence[StudyReport]) -> list[dict]:
+    """Each `paper` check of a study whose `_paper` sibling is also in `reports`, with both
+    budgets' numbers (report.json's `budgets`)."""
+    by_name = {r.name: r for r in reports}
+    rows = []
+    for paper in reports:
+        small = by_name.get(paper.name.removesuffix(PAPER_BUDGET_SUFFIX))
+        if not paper.name.endswith(PAPER_BUDGET_SUFFIX) or small is None:
+            continue
+        theirs = {c.name: c for s in paper.sections for c in s.checks if c.source == PAPER}
+        for check in (c for s in small.sections for c in s.checks if c.source == PAPER):
+            other = theirs.get(check.name)
+            if other is None:
+                continue
+            rows.append(
+                {
+                    "study": small.name,
+                    "check": check.name,
+                    "small": _budget_numbers(check),
+                    "paper": _budget_numbers(other),
+                    "difference": other.effect - check.effect,
+                }
+            )
+    return rows
+
+
+def _budget_numbers(check: Check) -> dict:
+    keys = ("effect", "ci_low", "ci_high", "p_holm", "n", "verdict")
+    return {k: getattr(check, k) for k in keys}
+
+
+def _budgets_table(reports: Sequence[StudyReport]) -> list[str]:
+    rows = budget_pairs(reports)
+    if not rows:
+        return []
+
+    def cells(numbers: dict) -> str:
+        ci = f"[{_num(numbers['ci_low'])}, {_num(numbers['ci_high'])}]"
+        n = "/".join(map(str, numbers["n"])) or "0"
+        verdict = VERDICT_MARK.get(numbers["verdict"], numbers["verdict"])
+        return f"{_num(numbers['effect'])} {ci} | {n} | {verdict}"
+
+    lines = [
+        "| study | check | small budget: effect [95% CI] | n | verdict | paper budget: effect "
+        "[95% CI] | n | verdict | difference |",
+        "| --- " * 9 + "|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| `{row['study']}` | `{row['check']}` | {cells(row['small'])} | "
+            f"{cells(row['paper'])} | {_num(row['difference'])} |"
+        )
+    return lines
 
 
 def _claims_quoted(reports: Sequence[StudyReport]) -> list[str]:
@@ -468,6 +539,9 @@ def render_readme(reports: Sequence[StudyReport], figures: Path, generated: str)
     ]
     for source, title in SOURCE_TITLES.items():
         lines += [f"**{title}**", "", *_checks_table(reports, source), ""]
+    budgets = _budgets_table(reports)
+    if budgets:
+        lines += [f"**{BUDGETS_TITLE}**", "", BUDGETS_NOTE, "", *budgets, ""]
     lines += [*_claims_quoted(reports), ""]
     images = [
         (report, section)
