@@ -18,24 +18,13 @@ import math
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
-import yaml
+from workloads import trial_keys
 
 from transinv.config import from_flat
 from transinv.trainer import run_trial
 
-PROJECT = Path(__file__).resolve().parents[1]
 FREEZE_MODES = ("none", "conv", "fc", "all_but_head")
-TINY = {  # --quick: trials of a second or two with every part of a real one
-    "model.arch": "tiny_cnn",
-    "canvas.size": 32,
-    "canvas.item_size": 8,
-    "finetune.steps": 30,
-    "eval.items": 16,
-    "eval.pretrain_items": 32,
-    "eval.grid_step": 0.25,
-}
 
 
 def trials(base: dict, cache: str) -> tuple[float, list[dict]]:
@@ -61,9 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.pretrain_steps = 1, 40
-    budget = yaml.safe_load((PROJECT / "search_spaces/base/small_budget.yaml").read_text())
-    base = {**budget["fixed"], **(TINY if args.quick else {})}
-    base.update({"pretrain.steps": args.pretrain_steps, "run.threads": 1})
+    base = {**trial_keys(args.quick), "pretrain.steps": args.pretrain_steps}
     print(f"{len(FREEZE_MODES)} finetunings of one {args.pretrain_steps}-step pretraining")
     plain, cached = [], []
     for r in range(args.rounds):

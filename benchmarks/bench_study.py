@@ -30,11 +30,10 @@ import time
 from pathlib import Path
 
 import yaml
+from workloads import PROJECT, trial_keys
 
 from study.server import start_local_server
 from transinv.study_cost import format_cost, study_cost
-
-PROJECT = Path(__file__).resolve().parents[1]
 
 LOOP = """
 from study.space import load_space, trial_config
@@ -43,20 +42,9 @@ spec = load_space({space!r})
 for freeze in ("none", "all_but_head"):
     run_trial(trial_config(spec, {{"pretrain.dataset": {dataset!r}, "finetune.freeze": freeze}}))
 """
-TINY = {  # --quick: trials of a second or two with every part of a real one
-    "model.arch": "tiny_cnn",
-    "canvas.size": 32,
-    "canvas.item_size": 8,
-    "pretrain.steps": 40,
-    "finetune.steps": 30,
-    "eval.items": 16,
-    "eval.pretrain_items": 32,
-    "eval.grid_step": 0.25,
-}
 
 
 def grid_space(directory: Path, name: str, quick: bool) -> Path:
-    budget = yaml.safe_load((PROJECT / "search_spaces/base/small_budget.yaml").read_text())
     space = {
         "study": name,
         "objective": {"metric": "finetune/acc_untrained", "mode": "max"},
@@ -65,7 +53,7 @@ def grid_space(directory: Path, name: str, quick: bool) -> Path:
         "max_concurrent": 2,
         "resources": {"cpu": 1, "gpu": 0},
         "pretrain_cache": False,
-        "fixed": {**budget["fixed"], "run.threads": 1, **(TINY if quick else {})},
+        "fixed": trial_keys(quick),
         "space": {
             "pretrain.dataset": {"grid": ["none", "glyphs"]},
             "finetune.freeze": {"grid": ["none", "all_but_head"]},

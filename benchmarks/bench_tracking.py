@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from mlflow import MlflowClient
+from workloads import PROJECT, trial_keys
 
 from study.server import start_local_server
 from study.space import load_space, trial_config
@@ -41,18 +41,6 @@ from transinv.runlog import RunLog
 from transinv.tracking import Tracker, TrackingQueue, summary_values
 from transinv.trainer import run_trial
 
-PROJECT = Path(__file__).resolve().parents[1]
-TINY = {  # --quick: a trial of a second or two with every part of a real one
-    "model.arch": "tiny_cnn",
-    "canvas.size": 32,
-    "canvas.item_size": 8,
-    "pretrain.steps": 40,
-    "finetune.steps": 30,
-    "eval.items": 16,
-    "eval.pretrain_items": 32,
-    "eval.grid_step": 0.25,
-}
-
 
 def smoke_trial() -> TrialConfig:
     spec = load_space(PROJECT / "search_spaces" / "smoke.yaml")
@@ -61,8 +49,7 @@ def smoke_trial() -> TrialConfig:
 
 
 def budget_trial(quick: bool) -> TrialConfig:
-    budget = yaml.safe_load((PROJECT / "search_spaces/base/small_budget.yaml").read_text())
-    return from_flat({**budget["fixed"], "run.threads": 1, **(TINY if quick else {})})
+    return from_flat(trial_keys(quick))
 
 
 def timed_trial(
