@@ -107,7 +107,9 @@ def test_g_of_an_input_against_itself_is_one():
     assert result.i_grids["pool"][0, 0] == pytest.approx(1.0, abs=1e-6)
     assert metrics.g_score(1.0, 0.3) == 1.0
     a = torch.randn(5, 7)
-    assert torch.allclose(metrics.cosine_rows(a, a), torch.ones(5))
+    assert torch.allclose(
+        metrics.cosines(a[None], metrics.unit_references([a])), torch.ones(5, 1, 1)
+    )
 
 
 def test_cosines_of_every_place_with_every_reference_of_the_same_item():
@@ -284,12 +286,10 @@ def test_jaggedness_rejects_mismatched_shapes():
 
 def nway_of(anchor: torch.Tensor, same: torch.Tensor, others: torch.Tensor) -> float:
     """nway_accuracy from activations: anchor, same [M, D]; others [M, N - 1, D]."""
-    m, n_others, d = others.shape
-    s_same = metrics.cosine_rows(anchor, same)
-    s_others = metrics.cosine_rows(
-        anchor[:, None].expand(-1, n_others, -1).reshape(-1, d), others.reshape(-1, d)
-    )
-    return nway_accuracy(s_same, s_others.view(m, n_others))
+    units = metrics.unit_references([anchor])  # [M, D, 1]
+    s_same = metrics.cosines(same[None], units)[:, 0, 0]
+    s_others = metrics.cosines(others.transpose(0, 1), units)[:, :, 0]  # [M, N - 1]
+    return nway_accuracy(s_same, s_others)
 
 
 def test_identical_copies_are_always_picked():

@@ -101,13 +101,6 @@ def _summary_key(key: str, what: str) -> str:
     return f"forgetting/{parts[-1]}_{what}"
 
 
-def cosine_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Cosine similarity of matching rows. a, b: [N, D] -> [N]. All-zero rows score 0."""
-    a = torch.nn.functional.normalize(a.float(), dim=1, eps=eps)
-    b = torch.nn.functional.normalize(b.float(), dim=1, eps=eps)
-    return (a * b).sum(dim=1)
-
-
 def unit_references(refs: Sequence[torch.Tensor]) -> torch.Tensor:
     """K reference activations per item, [N, D] each, as unit vectors [N, D, K] for `cosines`
     (normalised once, then compared with the item at every place)."""
