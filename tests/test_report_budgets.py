@@ -10,7 +10,8 @@ import pandas as pd
 
 from transinv.analyses import HELD, NOT_SHOWN, PAPER, Check, Section, StudyData
 from transinv.analyses.expectations import HYPOTHESIS
-from transinv.report import StudyReport, budget_pairs, render_readme
+from transinv.report_markdown import render_readme
+from transinv.report_model import StudyReport, budget_pairs
 
 
 def check(name: str, source: str, effect: float, verdict: str, label: str = "") -> Check:
