@@ -71,3 +71,18 @@ def test_the_report_section_is_pre_registered_in_the_digest(tmp_path):
     a, b = load_space(plain), load_space(changed)
     assert a.digest != b.digest
     assert b.report_plan.expect["forgetting.g_falls"].min_effect == 0.2
+
+
+def test_readme_study_files_table_gives_each_files_trial_count():
+    """The README's `### Study files` table states how many trials each file runs."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("### Study files", 1)[1].split("\n\n", 2)[1]
+    stated = {}
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0].startswith("`") and cells[-1].isdigit():
+            stated[cells[0].strip("`")] = int(cells[-1])
+    files = {p.name: p for p in SPACES}
+    assert len(stated) >= 10 and set(stated) <= set(files), set(stated) - set(files)
+    for name, trials in stated.items():
+        assert expected_trials(load_space(files[name])) == trials, name
