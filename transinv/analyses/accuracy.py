@@ -330,14 +330,22 @@ def coverage_controls(study: StudyData) -> Section:
     columns.insert(2, metrics.TRANSFER_RATIO)
     table = condition_table(unique_trials(frame), by, [*columns, g0])
     section.tables.append(("By pretraining regime", table))
-    section.figures["coverage.png"] = study_plots.condition_bars(
-        runs, "pretrain.regime", metrics.ACC_UNTRAINED, chance=chance_of(runs)
-    )
     pretrained = runs[runs["pretrain.dataset"] != "none"] if "pretrain.dataset" in runs else runs
     vanilla = (
         unique_trials(runs[runs["pretrain.dataset"] == "none"])
         if "pretrain.dataset" in (runs)
         else runs.iloc[:0]
+    )
+    # Vanilla runs carry an inactive regime: one bar of their own, each trial once, so no
+    # regime's bar mixes pretrained and vanilla runs.
+    bars = pd.concat(
+        [
+            pretrained.assign(pretraining=pretrained["pretrain.regime"]),
+            vanilla.assign(pretraining="vanilla (none)"),
+        ]
+    )
+    section.figures["coverage.png"] = study_plots.condition_bars(
+        bars, "pretraining", metrics.ACC_UNTRAINED, chance=chance_of(runs)
     )
     whole = pretrained[pretrained["pretrain.regime"] == "whole"]
     ratio = metrics.TRANSFER_RATIO
