@@ -57,7 +57,7 @@ def test_each_shared_paper_check_gets_both_budgets_and_their_difference():
         ],
     )
     lonely = study("claim3_paper", [check("coverage.whole", PAPER, 0.2, HELD)])
-    rows = budget_pairs([small, paper, lonely])
+    rows = [pair.to_json() for pair in budget_pairs([small, paper, lonely])]
     # only the paper check both budgets have; hypotheses and unpaired studies stay out
     assert [(r["study"], r["check"]) for r in rows] == [
         ("claim2", "transfer.learned[glyphs -> mnist]")

@@ -97,7 +97,7 @@ def build_report(
                 "tracking_uri": uri,
                 "methods": METHODS,
                 "summary": verdict_counts(reports),
-                "budgets": budget_pairs(reports),
+                "budgets": [pair.to_json() for pair in budget_pairs(reports)],
                 "studies": [_json(r) for r in reports],
             }
         )

@@ -100,15 +100,24 @@ def _p(value: float) -> str:
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def _effect_cell(check: Check) -> str:
+    return f"{_num(check.effect)} [{_num(check.ci_low)}, {_num(check.ci_high)}]"
+
+
+def _n_cell(check: Check) -> str:
+    return "/".join(map(str, check.n)) or "0"
+
+
+def _verdict_cell(check: Check) -> str:
+    return VERDICT_MARK.get(check.verdict, check.verdict)
+
+
 def _check_cells(check: Check) -> str:
-    ci = f"[{_num(check.ci_low)}, {_num(check.ci_high)}]"
     p = _p(check.p) + (f" (Holm {_p(check.p_holm)})" if check.source == PAPER else "")
-    n = "/".join(map(str, check.n)) or "0"
-    verdict = VERDICT_MARK.get(check.verdict, check.verdict)
     return (
         f"`{check.name}` | {_cell(check.expectation)} | {_expected(check)} | "
-        f"{_cell(check.measured)} | {_num(check.effect)} {ci} | {p} | {n} | {verdict} | "
-        f"{len(check.shared_with)} |"
+        f"{_cell(check.measured)} | {_effect_cell(check)} | {p} | {_n_cell(check)} | "
+        f"{_verdict_cell(check)} | {len(check.shared_with)} |"
     )
 
 
@@ -134,25 +143,22 @@ def _checks_table(reports: Sequence[StudyReport], source: str) -> list[str]:
 
 
 def _budgets_table(reports: Sequence[StudyReport]) -> list[str]:
-    rows = budget_pairs(reports)
-    if not rows:
+    pairs = budget_pairs(reports)
+    if not pairs:
         return []
-
-    def cells(numbers: dict) -> str:
-        ci = f"[{_num(numbers['ci_low'])}, {_num(numbers['ci_high'])}]"
-        n = "/".join(map(str, numbers["n"])) or "0"
-        verdict = VERDICT_MARK.get(numbers["verdict"], numbers["verdict"])
-        return f"{_num(numbers['effect'])} {ci} | {n} | {verdict}"
-
     lines = [
         "| study | check | small budget: effect [95% CI] | n | verdict | paper budget: effect "
         "[95% CI] | n | verdict | difference |",
         "| --- " * 9 + "|",
     ]
-    for row in rows:
+    for pair in pairs:
         lines.append(
-            f"| `{row['study']}` | `{row['check']}` | {cells(row['small'])} | "
-            f"{cells(row['paper'])} | {_num(row['difference'])} |"
+            f"| `{pair.study}` | `{pair.small.name}` | "
+            + " | ".join(
+                f"{_effect_cell(c)} | {_n_cell(c)} | {_verdict_cell(c)}"
+                for c in (pair.small, pair.paper)
+            )
+            + f" | {_num(pair.difference)} |"
         )
     return lines
 

@@ -69,11 +69,7 @@ class StudyReport:
 def load_study(study: str, uri: str) -> tuple[StudyData, dict[str, int], float, float]:
     runs = load_runs(study, uri)
     info = study_info(study, uri)
-    counts = (
-        {str(k): int(v) for k, v in runs["status"].value_counts().items()}
-        if len(runs)
-        else {}
-    )
+    counts = {str(k): int(v) for k, v in runs["status"].value_counts().items()} if len(runs) else {}
     finished = runs[runs["status"] == "FINISHED"].reset_index(drop=True)
     finished.attrs.update(runs.attrs)
     if len(finished):
@@ -170,32 +166,41 @@ def figure_file(section: Section, name: str) -> str:
 PAPER_BUDGET_SUFFIX = "_paper"
 
 
-def budget_pairs(reports: Sequence[StudyReport]) -> list[dict]:
-    """Each `paper` check of a study whose `_paper` sibling is also in `reports`, with both
-    budgets' numbers (report.json's `budgets`)."""
+@dataclass(frozen=True)
+class BudgetPair:
+    """A `paper` check of a study and the same check of its `_paper` sibling."""
+
+    study: str
+    small: Check
+    paper: Check
+
+    @property
+    def difference(self) -> float:
+        """The paper budget's effect minus the small budget's."""
+        return self.paper.effect - self.small.effect
+
+    def to_json(self) -> dict:
+        keys = ("effect", "ci_low", "ci_high", "p_holm", "n", "verdict")
+        return {
+            "study": self.study,
+            "check": self.small.name,
+            "small": {k: getattr(self.small, k) for k in keys},
+            "paper": {k: getattr(self.paper, k) for k in keys},
+            "difference": self.difference,
+        }
+
+
+def budget_pairs(reports: Sequence[StudyReport]) -> list[BudgetPair]:
+    """Each `paper` check of a study whose `_paper` sibling is also in `reports`, beside the
+    sibling's (report.json's `budgets`)."""
     by_name = {r.name: r for r in reports}
-    rows = []
+    pairs = []
     for paper in reports:
         small = by_name.get(paper.name.removesuffix(PAPER_BUDGET_SUFFIX))
         if not paper.name.endswith(PAPER_BUDGET_SUFFIX) or small is None:
             continue
         theirs = {c.name: c for s in paper.sections for c in s.checks if c.source == PAPER}
         for check in (c for s in small.sections for c in s.checks if c.source == PAPER):
-            other = theirs.get(check.name)
-            if other is None:
-                continue
-            rows.append(
-                {
-                    "study": small.name,
-                    "check": check.name,
-                    "small": _budget_numbers(check),
-                    "paper": _budget_numbers(other),
-                    "difference": other.effect - check.effect,
-                }
-            )
-    return rows
-
-
-def _budget_numbers(check: Check) -> dict:
-    keys = ("effect", "ci_low", "ci_high", "p_holm", "n", "verdict")
-    return {k: getattr(check, k) for k in keys}
+            if check.name in theirs:
+                pairs.append(BudgetPair(small.name, check, theirs[check.name]))
+    return pairs
