@@ -11,9 +11,10 @@ small CNN at 64 px, 1000 pretraining + 300 finetuning steps, ~1.5 min each on on
 pretraining cache (a loop has none). The study runs 2 trials at a time on 1 core each, as the
 small-scale set does, tracked in an MLflow server started once beforehand (its start-up is not
 counted). The plain side runs the same 4 configs as 2 processes side by side, each looping over
-2 of them (one vanilla, one pretrained, so both loops last alike) on 1 thread, untracked: the same trials under the same conditions, without Ray and
-MLflow. Both walls include interpreter start-up and imports. The study's own record of where
-its time went (`python -m study profile`) is printed after each round.
+2 of them (one vanilla, one pretrained, so both loops last alike) on 1 thread, untracked: the
+same trials under the same conditions, without Ray and MLflow. Both walls include interpreter
+start-up and imports. The study's own record of where its time went (`python -m study
+profile`) is printed after each round.
 
 The last line is `bench_study: <study wall / plain wall>x` (goal <= 1.3x).
 """
