@@ -29,24 +29,3 @@ def mlflow_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tracking_uri(mlflow_server) -> str:
     return mlflow_server.uri
-
-
-# With pytest-xdist (`-n`, `--dist loadfile`), each file runs whole on one worker, handed out in
-# collection order; the suite lasts at least as long as its last-started long file. The files
-# measured longest (`pytest --durations`) therefore go first; the rest keep their order.
-LONGEST_FIRST = (
-    "test_report.py",
-    "test_study.py",
-    "test_faults.py",
-    "test_cluster_faults.py",
-    "test_cluster.py",
-    "test_paper_size.py",
-    "test_analyses_known_answers.py",
-    "test_benchmarks.py",
-    "test_console.py",
-)
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
