@@ -26,6 +26,7 @@ from study.lock import hold_study
 from study.search import build_scheduler, build_search, grid_param_space
 from study.space import StudySpec
 from study.trial import OUTAGE, StudyContext, train
+from study.tune_state import StateBackup, repair_saved_state, sessions
 from transinv import constraints
 from transinv.config import ConfigError
 from transinv.tracking import (
@@ -164,10 +165,17 @@ class OutageStop(tune.Callback):
 
 
 def make_tuner(
-    spec: StudySpec, context: StudyContext, storage: str, resume: bool, verbose: bool = False
+    spec: StudySpec,
+    context: StudyContext,
+    storage: str,
+    resume: bool,
+    verbose: bool = False,
+    backup: Path | None = None,
 ) -> tune.Tuner:
     """A new Tuner, or the saved one when `resume` and one is saved. The console shows the
-    project's compact progress (`console.Progress`), or Ray's own tables when `verbose`."""
+    project's compact progress (`console.Progress`), or Ray's own tables when `verbose`.
+    With `backup` (the experiment folder, on local storage), Tune's saved state is kept
+    readable there across a killed driver (`tune_state.py`)."""
     trainable = tune.with_resources(
         tune.with_parameters(train, study=context), {"cpu": spec.cpu, "gpu": spec.gpu}
     )
@@ -175,7 +183,12 @@ def make_tuner(
     callbacks = [RunCloser(context.tracking_uri, spec.name), OutageStop()]
     if not verbose:
         callbacks.append(Progress(spec, expected_trials(spec)))
-    if resume and tune.Tuner.can_restore(path):
+    if backup is not None:
+        callbacks.append(StateBackup(backup))
+    # `can_restore` looks for tuner.pkl only; with every session's state set aside as
+    # unreadable (`repair_saved_state`), Tune's restore would fail and start over anyway.
+    restorable = backup is None or bool(sessions(backup))
+    if resume and restorable and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
         set_console(tuner, callbacks, verbose)
         return tuner
@@ -221,8 +234,10 @@ def set_console(tuner: tune.Tuner, callbacks: list[tune.Callback], verbose: bool
 
 
 def reconcile_runs(tracker: Tracker, spec: StudySpec, grid, interrupted: bool) -> None:
-    """After fit: runs of finished trials end FINISHED, of errored trials FAILED, and runs of
-    trials cut off by an interruption KILLED (a resume marks them RUNNING again)."""
+    """After fit: runs of finished trials end FINISHED, of errored trials FAILED, and any other
+    trial run still RUNNING KILLED: cut off by an interruption (a resume marks it RUNNING
+    again), or left by a session whose saved state was lost (`tune_state.py`), which no
+    resume will pick up."""
     states = {}
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id")
@@ -236,9 +251,7 @@ def reconcile_runs(tracker: Tracker, spec: StudySpec, grid, interrupted: bool) -
         trial_id = run.data.tags.get(TAG_TRIAL)
         if trial_id is None:
             continue  # the parent run
-        status = states.get(trial_id) or ("KILLED" if interrupted else None)
-        if status:
-            tracker.finish(run.info.run_id, status)
+        tracker.finish(run.info.run_id, states.get(trial_id, "KILLED"))
 
 
 def run_study(
@@ -271,7 +284,11 @@ def _run_study(
     # Shared by every study in the same storage, so studies reuse each other's pretrainings.
     cache = str(Path(storage) / "pretrain_cache") if spec.pretrain_cache and local_storage else ""
     context = StudyContext(spec, tracking_uri, parent, cache)
-    tuner = make_tuner(spec, context, storage, resume, verbose)
+    if resume and local_storage:
+        for line in repair_saved_state(experiment_dir):
+            print(f"warning: {line}", file=sys.stderr, flush=True)
+    backup = experiment_dir if local_storage else None
+    tuner = make_tuner(spec, context, storage, resume, verbose, backup)
     if local_storage:
         experiment_dir.mkdir(parents=True, exist_ok=True)
         (experiment_dir / STUDY_FILE).write_text(

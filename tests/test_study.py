@@ -293,9 +293,15 @@ def test_killed_driver_resumes_without_duplicate_runs(tmp_path, tracking_uri, ho
     wait_for(some_progress)
     kill_group(proc)
     assert any(r.info.status == "RUNNING" for r in trial_runs(tracking_uri, "killed"))
+    # As if killed while Tune rewrote its state (seen under load: Tune's restore then failed
+    # and started the study over): the state file is left empty.
+    states = list((home / "ray_results" / "killed").glob("experiment_state-*.json"))
+    assert len(states) == 1
+    states[0].write_bytes(b"")
 
     code, out = finish(driver(space, tracking_uri, home))
     assert code == 0, out
+    assert "resuming from its last complete copy" in out, out
     runs = trial_runs(tracking_uri, "killed")
     assert len(runs) == 3
     assert {r.info.status for r in runs} == {"FINISHED"}
