@@ -52,6 +52,12 @@ def readable(data: bytes, name: str) -> bool:
     return True
 
 
+def read_whole(files: list[Path]) -> dict[str, bytes] | None:
+    """The files' bytes by name when every one reads back whole, else None."""
+    contents = {p.name: p.read_bytes() for p in files}
+    return contents if all(readable(d, name) for name, d in contents.items()) else None
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     partial = path.with_name(f".{path.name}.partial")
     partial.write_bytes(data)
@@ -79,8 +85,8 @@ class StateBackup(tune.Callback):
             stamp = sum(p.stat().st_mtime_ns for p in files)
             if self.seen.get(session) == stamp:
                 continue
-            contents = {p.name: p.read_bytes() for p in files}
-            if not all(readable(data, name) for name, data in contents.items()):
+            contents = read_whole(files)
+            if contents is None:
                 continue  # mid-write: the next step sees it whole
             target = self.folder / BACKUP
             target.mkdir(exist_ok=True)
@@ -100,9 +106,10 @@ def repair_saved_state(experiment_dir: Path) -> list[str]:
         if not broken:
             continue
         backup = session_files(experiment_dir / BACKUP, session)
-        if backup and all(readable(p.read_bytes(), p.name) for p in backup):
-            for p in backup:
-                _write_atomically(experiment_dir / p.name, p.read_bytes())
+        copy = read_whole(backup) if backup else None
+        if copy is not None:
+            for name, data in copy.items():
+                _write_atomically(experiment_dir / name, data)
             done.append(
                 f"Tune's saved state of session {session} did not read back ({', '.join(broken)}:"
                 f" the driver was stopped while writing it); resuming from its last complete "

@@ -185,10 +185,7 @@ def make_tuner(
         callbacks.append(Progress(spec, expected_trials(spec)))
     if backup is not None:
         callbacks.append(StateBackup(backup))
-    # `can_restore` looks for tuner.pkl only; with every session's state set aside as
-    # unreadable (`repair_saved_state`), Tune's restore would fail and start over anyway.
-    restorable = backup is None or bool(sessions(backup))
-    if resume and restorable and tune.Tuner.can_restore(path):
+    if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
         set_console(tuner, callbacks, verbose)
         return tuner
@@ -287,6 +284,9 @@ def _run_study(
     if resume and local_storage:
         for line in repair_saved_state(experiment_dir):
             print(f"warning: {line}", file=sys.stderr, flush=True)
+        # `Tuner.can_restore` looks for tuner.pkl only; without a readable session's state
+        # (every one set aside above), Tune's restore fails and starts over anyway.
+        resume = bool(sessions(experiment_dir))
     backup = experiment_dir if local_storage else None
     tuner = make_tuner(spec, context, storage, resume, verbose, backup)
     if local_storage:

@@ -64,9 +64,7 @@ def evaluation_heatmap(
         fig = accuracy_heatmap(grid, xs, ys, trained, chance or 0.0)
         fig.axes[0].set_title(title)
         return fig
-    fig, _, bar = _canvas_map(
-        grid, xs, ys, trained, Normalize(-0.2, 1.0), colormaps["viridis"], title
-    )
+    fig, bar = _canvas_map(grid, xs, ys, trained, Normalize(-0.2, 1.0), colormaps["viridis"], title)
     layer = metrics.invariance_parts(key)[1]
     bar.set_label(f"G at {layer} (0: none, 1: invariant)")
     return fig
@@ -90,7 +88,7 @@ def accuracy_heatmap(
     (chance - 0.05, floored at 0) to 1, so anything at chance is dark and visible as such.
     """
     lo = max(chance - 0.05, 0.0)
-    fig, _, bar = _canvas_map(
+    fig, bar = _canvas_map(
         acc,
         xs,
         ys,
@@ -142,7 +140,7 @@ def _canvas_map(
         _annotate_cells(ax, values, xs, ys, norm, cmap, fontsize=min(9.0, 95 / max(values.shape)))
     if trained is not None:
         _mark_trained(ax, xs, ys, trained, on_text=annotate)
-    return fig, ax, bar
+    return fig, bar
 
 
 def _mark_trained(
