@@ -331,7 +331,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     with tracking(args.tracking_uri) as uri:
         path = build_report(
-            args.studies, uri, args.out, args.analysis, not args.no_log, args.readme
+            args.studies,
+            uri,
+            args.out,
+            args.analysis,
+            not args.no_log,
+            args.readme,
+            args.readme_block,
         )
     print(f"report: {path}")
     if not args.no_log:
@@ -425,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--analysis", nargs="+", help="analyses to run instead of the study file's")
     p.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     p.add_argument("--readme", help="also rewrite the results section of this Markdown file")
+    p.add_argument(
+        "--readme-block",
+        default="results",
+        metavar="NAME",
+        help="rewrite the block between <!-- NAME:begin --> and <!-- NAME:end --> (default: "
+        "results)",
+    )
     p = add("profile", cmd_profile, "where a study's time went, from its runs in MLflow")
     p.add_argument("study", help=STUDY_HELP)
     p = add("export-optuna", cmd_export_optuna, "copy a study's Optuna trials to a storage")

@@ -1,15 +1,21 @@
-"""The README's results say what the committed report says: every check row in the generated
-block (between the results markers) carries the verdict and effect of the same check in
-docs/results/report.json, and every check of the report has its row."""
+"""The README's results say what the committed reports say: in every generated block (between
+`<!-- results:begin -->` and `<!-- results:end -->`, or a named block's markers), every check row
+carries the verdict and effect of the same check in the report.json of the folder the block was
+written from (its `--out`), and every check of that report has its row."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
-from transinv.report_markdown import README_BEGIN, README_END
+import pytest
+
+from transinv.report_markdown import README_BLOCK, readme_markers
 
 ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+BLOCKS = sorted(set(re.findall(r"<!-- ([\w:-]+):begin -->", README)))
 
 
 def _check_name(check: dict) -> str:
@@ -26,10 +32,17 @@ def _rows(block: str) -> dict[tuple[str, str], list[str]]:
     return rows
 
 
-def test_readme_results_block_carries_report_json_verdicts_and_effects():
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split(README_BEGIN, 1)[1].split(README_END, 1)[0]
-    report = json.loads((ROOT / "docs" / "results" / "report.json").read_text())
+def test_the_readme_holds_the_paper_claims_block():
+    assert README_BLOCK in BLOCKS
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+def test_readme_results_block_carries_its_report_json_verdicts_and_effects(name):
+    begin, end = readme_markers(name)
+    block = README.split(begin, 1)[1].split(end, 1)[0]
+    written_from = re.search(r"--out (\S+) ", block)
+    assert written_from, f"block {name} does not say which report it was written from"
+    report = json.loads((ROOT / written_from.group(1) / "report.json").read_text())
     checks = {
         (study["name"], _check_name(c)): c
         for study in report["studies"]

@@ -233,3 +233,11 @@ def test_report_writes_the_readme_results_section_between_its_markers(ran, track
     assert images and all((tmp_path / image).is_file() for image in images)
     readme.write_text("no markers\n")
     assert cli.main([*args, "--tracking-uri", tracking_uri]) == 2
+    # A named block is rewritten on its own; the paper claims' block beside it stays as it was.
+    kept = "<!-- results:begin -->\nKEEP\n<!-- results:end -->\n"
+    readme.write_text(f"{kept}<!-- beyond:begin -->\nSTALE\n<!-- beyond:end -->\n")
+    named = [*args, "--readme-block", "beyond", "--tracking-uri", tracking_uri]
+    assert cli.main(named) == 0
+    text = readme.read_text()
+    assert text.startswith(kept) and text.endswith("<!-- beyond:end -->\n")
+    assert "STALE" not in text and "--readme-block beyond" in text

@@ -18,7 +18,8 @@ study file names (`report:`; `analyses.py`), and writes (what the checks say is 
     DIR/<study>/report.md      that study alone, beside its figures (DIR/<study>/*.png)
 
 With `readme=README.md` it also rewrites the part of that file between the markers
-`<!-- results:begin -->` and `<!-- results:end -->`: the verdicts by source, the checks, the
+`<!-- results:begin -->` and `<!-- results:end -->` (with `readme_block=NAME`, between
+`<!-- NAME:begin -->` and `<!-- NAME:end -->`): the verdicts by source, the checks, the
 headline figure of each section and the run times, so a project's results section is always
 the report's own words.
 
@@ -43,7 +44,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from transinv.analyses import ANALYSES
-from transinv.report_markdown import render_study, render_summary, write_readme_section
+from transinv.report_markdown import (
+    README_BLOCK,
+    render_study,
+    render_summary,
+    write_readme_section,
+)
 from transinv.report_model import (
     METHODS,
     StudyReport,
@@ -66,6 +72,7 @@ def build_report(
     analyses: Sequence[str] | None = None,
     log_to_mlflow: bool = True,
     readme: str | Path | None = None,
+    readme_block: str = README_BLOCK,
 ) -> Path:
     """Write the report of `studies` into `out` (see the module docstring); returns
     `out/report.md`."""
@@ -103,7 +110,7 @@ def build_report(
         )
     )
     if readme is not None:
-        write_readme_section(Path(readme), reports, out, generated)
+        write_readme_section(Path(readme), reports, out, generated, readme_block)
     if log_to_mlflow:
         tracker = Tracker(uri)
         for report in reports:

@@ -263,31 +263,49 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
+README_BLOCK = "results"
+
+
+def readme_markers(block: str = README_BLOCK) -> tuple[str, str]:
+    """The lines that open and close README block `block`: `<!-- results:begin -->` for the
+    default, `<!-- NAME:begin -->` for another, so one README can hold the results of several
+    reports (say the paper's claims and a study beyond them), each rewritten by its own command."""
+    return f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
+
+
+README_BEGIN, README_END = readme_markers()
 
 
 def write_readme_section(
-    readme: Path, reports: Sequence[StudyReport], out: Path, generated: str
+    readme: Path,
+    reports: Sequence[StudyReport],
+    out: Path,
+    generated: str,
+    block: str = README_BLOCK,
 ) -> None:
-    """Replace the text between the results markers of `readme` (which must hold both)."""
+    """Replace the text between the markers of `block` in `readme` (which must hold both)."""
+    begin, end = readme_markers(block)
     text = readme.read_text()
-    if README_BEGIN not in text or README_END not in text:
+    if begin not in text or end not in text:
         raise ConfigError(
-            f"{readme} has no results markers: add a line {README_BEGIN} and a line "
-            f"{README_END} where the results section goes"
+            f"{readme} has no {block!r} markers: add a line {begin} and a line {end} where "
+            "that results section goes"
         )
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
     figures = Path(os.path.relpath(out.resolve(), readme.resolve().parent))
-    body = render_readme(reports, figures, generated)
-    readme.write_text(f"{head}{README_BEGIN}\n{body}{README_END}{tail}")
+    body = render_readme(reports, figures, generated, block)
+    readme.write_text(f"{head}{begin}\n{body}{end}{tail}")
 
 
-def render_readme(reports: Sequence[StudyReport], figures: Path, generated: str) -> str:
+def render_readme(
+    reports: Sequence[StudyReport], figures: Path, generated: str, block: str = README_BLOCK
+) -> str:
     names = " ".join(r.name for r in reports)
+    named = "" if block == README_BLOCK else f" --readme-block {block}"
     lines = [
-        f"<!-- written by `python -m study report {names} --out {figures} --readme ...` on "
-        f"{generated}; edits here are overwritten -->",
+        f"<!-- written by `python -m study report {names} --out {figures} --readme ...{named}` "
+        f"on {generated}; edits here are overwritten -->",
         "",
         METHODS,
         "",
