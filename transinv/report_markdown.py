@@ -273,9 +273,6 @@ def readme_markers(block: str = README_BLOCK) -> tuple[str, str]:
     return f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
 
 
-README_BEGIN, README_END = readme_markers()
-
-
 def write_readme_section(
     readme: Path,
     reports: Sequence[StudyReport],
