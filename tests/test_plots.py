@@ -45,6 +45,20 @@ def _long_curves() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _searches() -> pd.DataFrame:
+    """Two samplers x two searches of three trials; random's second finds nothing feasible at
+    its first trial."""
+    best = {("tpe", 0): [0.2, 0.6, 0.6], ("tpe", 1): [0.4, 0.4, 0.8],
+            ("random", 0): [0.3, 0.3, 0.5], ("random", 1): [np.nan, 0.1, 0.3]}  # fmt: skip
+    return pd.DataFrame(
+        [
+            {"sampler": s, "search seed": seed, "trial": t + 1, "best": b}
+            for (s, seed), values in best.items()
+            for t, b in enumerate(values)
+        ]
+    )
+
+
 BUILDERS = {
     "accuracy_heatmap": lambda: plots.accuracy_heatmap(_acc_grid(), XS, YS, (16, 32), 0.1, "t"),
     "invariance_by_layer": lambda: plots.invariance_by_layer(_scores(), "final"),
@@ -60,6 +74,7 @@ BUILDERS = {
     "condition_bars": lambda: study_plots.condition_bars(
         _long_curves(), "step", "value", "pretrain.translation", chance=0.1
     ),
+    "search_curves": lambda: study_plots.search_curves(_searches(), target=0.5),
     "layer_profile": lambda: study_plots.layer_profile(
         _long_curves().assign(layer=lambda f: "l" + f["step"].astype(str)),
         "layer",
@@ -293,3 +308,24 @@ def test_layer_profile_keeps_layer_order_and_means():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["conv1", "fc1", "logits"]
     (line,) = [line for line in ax.lines if line.get_marker() == "o"]
     assert np.allclose(line.get_ydata(), [0.1, 0.7, 0.5])
+
+
+def test_search_curves_draw_each_search_and_the_mean_where_every_search_has_a_value():
+    ax = study_plots.search_curves(_searches(), target=0.5).axes[0]
+    means = {line.get_label(): line.get_ydata() for line in ax.lines if line.get_linewidth() > 2}
+    assert set(means) == {"random (mean of 2)", "tpe (mean of 2)"}
+    assert np.allclose(means["tpe (mean of 2)"], [0.3, 0.5, 0.7])
+    random = means["random (mean of 2)"]  # no mean until both searches found something
+    assert np.isnan(random[0]) and np.allclose(random[1:], [0.2, 0.4])
+    thin = [line for line in ax.lines if line.get_linewidth() == 1 and line.get_alpha() == 0.35]
+    assert len(thin) == 4
+    assert any(line.get_label() == "target 0.5" for line in ax.lines)
+
+
+def test_condition_bars_turn_long_condition_names_so_they_do_not_overlap():
+    names = [f"antialias={a} arch={h} pretrain={p}" for a in "xyz" for h in "fg" for p in "nw"]
+    frame = pd.DataFrame({"condition": names, "acc": np.linspace(0.1, 0.9, len(names))})
+    ax = study_plots.condition_bars(frame, "condition", "acc").axes[0]
+    assert {t.get_rotation() for t in ax.get_xticklabels()} == {30.0}
+    short = study_plots.condition_bars(_long_curves(), "step", "value").axes[0]
+    assert {t.get_rotation() for t in short.get_xticklabels()} == {0.0}

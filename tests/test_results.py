@@ -3,8 +3,9 @@
 import pandas as pd
 import pytest
 
+from transinv.config import ConfigError
 from transinv.constraints import Constraint, from_json, to_json
-from transinv.results import best_regimes, summarize
+from transinv.results import best_regimes, best_so_far, summarize
 
 
 def runs() -> pd.DataFrame:
@@ -121,3 +122,28 @@ def test_where_adds_to_the_studys_constraints():
     plain = study_runs()
     plain.attrs.clear()  # a frame of one's own: only `where` applies
     assert len(best_regimes(plain, "acc_untrained", by=["trial_id"])) == 6
+
+
+def test_best_so_far_carries_the_best_feasible_value_in_launch_order():
+    frame = pd.DataFrame(
+        {
+            "run_id": list("abcdef"),
+            "status": ["FINISHED", "FINISHED", "FAILED", "FINISHED", "FINISHED", "FINISHED"],
+            # launched c, a, b, f, d, e: the table's order is not the search's
+            "start_time": pd.to_datetime([2, 3, 1, 5, 6, 4], unit="s", utc=True),
+            "acc_untrained": [0.3, 0.9, 0.95, 0.5, 0.8, 0.4],
+            "acc_trained": [1.0, 0.5, 1.0, 1.0, 1.0, 1.0],  # b misses the constraint
+        }
+    )
+    frame.attrs["constraints"] = [Constraint("acc_trained", ">=", 0.9)]
+    got = best_so_far(frame, "acc_untrained")
+    assert got["run_id"].tolist() == list("cabfde")
+    assert got["trial"].tolist() == [1, 2, 3, 4, 5, 6]
+    # c failed (nothing found yet), b is infeasible (0.9 does not count), f is worse than a.
+    assert got["feasible"].tolist() == [False, True, False, True, True, True]
+    assert got["best"].tolist()[1:] == [0.3, 0.3, 0.4, 0.5, 0.8]
+    assert pd.isna(got["best"].iloc[0])
+    lowest = best_so_far(frame, "acc_untrained", mode="min", where=[("acc_untrained", ">", 0.35)])
+    assert lowest["best"].tolist()[3:] == [0.4, 0.4, 0.4]  # a (0.3) now fails `where`
+    with pytest.raises(ConfigError, match="mode"):
+        best_so_far(frame, "acc_untrained", mode="up")

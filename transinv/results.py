@@ -4,6 +4,7 @@ the query language.
     runs = load_runs("smoke", "http://127.0.0.1:5000")      # one row per trial
     long = curves(runs, ["finetune/acc_untrained"])         # run_id, key, step, value
     best_regimes(runs, "finetune/acc_untrained", by=["pretrain.dataset"])
+    best_so_far(runs, "finetune/acc_untrained")             # a search's best feasible by trial
     summarize(runs, ["pretrain.dataset"], ["finetune/acc_untrained"])  # mean, std, n
     pareto(runs, [("finetune/acc_untrained", "max"), ("forgetting/pretrain_acc_drop", "min")])
     importance(runs, "finetune/acc_untrained")              # PED-ANOVA and fANOVA per key
@@ -217,6 +218,40 @@ def best_regimes(
     table = table.sort_values("mean", ascending=(mode == "min")).reset_index()
     table.attrs["metric"], table.attrs["mode"] = metric, mode
     return table
+
+
+def best_so_far(
+    runs: pd.DataFrame,
+    metric: str,
+    mode: str = "max",
+    where: Sequence[Constraint | tuple[str, str, float]] = (),
+) -> pd.DataFrame:
+    """How a search progressed: its finished trials in launch order (`trial` 1, 2, ...), each
+    trial's `value` of `metric`, whether it met the study's constraints plus `where`
+    (`feasible`, per trial: a search is judged on what each trial it ran found) and `best`, the
+    best feasible value among trials 1..n (NaN until one is feasible). Trials that failed or
+    were stopped still count in the launch order: the search paid for them."""
+    if mode not in ("max", "min"):
+        raise ConfigError(f"mode {mode!r} must be max or min")
+    given = [*runs.attrs.get("constraints", ()), *where]
+    where = list(dict.fromkeys(Constraint(*c) for c in given))
+    frame = _rows(runs, None, [metric, "start_time", *(c.metric for c in where)])
+    frame = frame.sort_values("start_time", kind="stable", ignore_index=True)
+    feasible = frame["status"].eq("FINISHED") & frame[metric].notna()
+    for constraint in where:
+        feasible &= constraint.test(frame[constraint.metric]).fillna(False).astype(bool)
+    found = frame[metric].where(feasible)
+    # cummax leaves NaN where a trial was infeasible; the best so far carries over it.
+    best = (found.cummax() if mode == "max" else found.cummin()).ffill()
+    return pd.DataFrame(
+        {
+            "trial": np.arange(1, len(frame) + 1),
+            "run_id": frame.get("run_id"),
+            "value": frame[metric],
+            "feasible": feasible,
+            "best": best,
+        }
+    )
 
 
 def condition_keys(runs: pd.DataFrame) -> list[str]:

@@ -167,7 +167,12 @@ def condition_bars(
             ax.plot(centre + jitter, points, "o", color="black", markersize=3.5, zorder=3)
     if chance is not None:
         ax.axhline(chance, color="0.35", linestyle="--", linewidth=1, label=f"chance {chance:.2f}")
-    ax.set_xticks(range(len(xs)), [_tick(v) for v in xs])
+    labels = [_tick(v) for v in xs]
+    ax.set_xticks(range(len(xs)), labels)
+    if sum(len(text) for text in labels) > 90:  # long condition names would overlap
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        for text in ax.get_xticklabels():
+            text.set_horizontalalignment("right")
     ax.grid(axis="y", alpha=0.3)
     if hue or chance is not None:
         ax.legend(fontsize=8, loc="best")
@@ -277,4 +282,38 @@ def pareto_scatter(
                         xytext=(3, 3), textcoords="offset points")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def search_curves(
+    frame: pd.DataFrame, hue: str = "sampler", run: str = "search seed", target: float | None = None
+) -> Figure:
+    """Best feasible value so far vs trials (`results.best_so_far`, one table per search,
+    stacked with `hue` and `run` columns): each search a thin step line, the mean over the
+    searches of each `hue` level a thick one (drawn from the trial where every search of that
+    level has a feasible value); a dashed line at `target` when given."""
+    _require_columns(frame, ["trial", "best", hue, run])
+    metric = frame.attrs.get("metric", "best feasible value")
+    fig = Figure(figsize=(7.2, 4.6), layout="constrained")
+    ax = fig.subplots()
+    ax.set_title(f"{metric}: best feasible so far")
+    ax.set_xlabel("trials run")
+    ax.set_ylabel(f"best feasible {metric}")
+    if frame["best"].notna().sum() == 0:
+        _no_data(ax, "no feasible trial")
+        return fig
+    for j, level in enumerate(sorted(frame[hue].unique(), key=_order)):
+        colour = OKABE_ITO[j % len(OKABE_ITO)]
+        rows = frame[frame[hue] == level]
+        for _, search in rows.groupby(run):
+            ax.step(search["trial"], search["best"], where="post", color=colour, alpha=0.35,
+                    linewidth=1)  # fmt: skip
+        wide = rows.pivot_table(index="trial", columns=run, values="best", dropna=False)
+        mean = wide.mean(axis=1).where(wide.notna().all(axis=1))
+        ax.step(mean.index, mean, where="post", color=colour, linewidth=2.4,
+                label=f"{level} (mean of {wide.shape[1]})")  # fmt: skip
+    if target is not None:
+        ax.axhline(target, color="0.35", linestyle="--", linewidth=1, label=f"target {target:g}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     return fig

@@ -6,7 +6,8 @@ turning a study's runs into tables, figures and checks of pre-registered expecta
     base.py              Check, Section, StudyData, the registry, estimates -> checks, Holm
     accuracy.py          claims read off accuracy over the canvas (1, 2, 3, 6, architectures)
     representations.py   claims read off per-layer G and its curves (4, 5)
-    beyond.py            questions the paper never asked (dose-response, duration, regime search)
+    beyond.py            questions the paper never asked (dose-response, duration)
+    search.py            what the Optuna searches found (regime search, Pareto trade-offs)
     builtin.py           built-in (anti-aliased) vs learned invariance (issue 16)
 
 An analysis is a function `(StudyData) -> Section`, registered by name in `ANALYSES`; a study
@@ -30,6 +31,7 @@ from transinv.analyses import (  # noqa: F401 (they register)
     beyond,
     builtin,
     representations,
+    search,
 )
 from transinv.analyses.base import (
     ANALYSES,

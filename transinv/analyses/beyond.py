@@ -1,20 +1,17 @@
 """Questions the paper never asked: invariance vs the pretraining translation range
-(dose-response), the pretraining x finetuning duration surface, and the regime search."""
+(dose-response) and the pretraining x finetuning duration surface; the searches' analyses are
+in search.py."""
 
 from __future__ import annotations
-
-import math
-from collections.abc import Sequence
 
 import pandas as pd
 
 import transinv.analyses.expectations as ex
-from transinv import metrics, plots, stats, study_plots
+from transinv import metrics, stats, study_plots
 from transinv.analyses.base import (
     ANALYSES,
     Section,
     StudyData,
-    chance_of,
     condition_table,
     g_at_start_column,
     judge,
@@ -23,8 +20,6 @@ from transinv.analyses.base import (
     representation_layer,
     with_g_at_start,
 )
-from transinv.constraints import Constraint, from_json
-from transinv.results import best_regimes
 
 DOSE_GROWS = ex.declare(
     "dose_response.grows",
@@ -57,14 +52,6 @@ PEAKS_EARLY = ex.declare(
     "finetuning; a run counts only if its peak is strictly above its final value (ties do not)",
     "fraction of runs with peak > final - 0.5",
     ex.GREATER,
-    0.0,
-)
-BEST_REGIME = ex.declare(
-    "regime_search.best",
-    ex.HYPOTHESIS,
-    "the best regime (highest mean acc@untrained with the constraints met)",
-    "mean acc@untrained of the best regime",
-    ex.NONE,
     0.0,
 )
 
@@ -161,60 +148,3 @@ def duration(study: StudyData) -> Section:
     else:
         section.checks.append(missing(study, PEAKS_EARLY, "", f"no {drop}"))
     return section
-
-
-@ANALYSES.register()
-def regime_search(study: StudyData) -> Section:
-    section = Section(
-        "regime_search",
-        "Regime search: the pretraining regime that transfers best",
-        "Which regime (pretraining set, translation range, durations, freeze mode, learning "
-        "rate) maximises acc@untrained while still learning the trained location?",
-    )
-    runs = study.runs
-    constraints = from_json(study.info.get("constraints"))  # as the study file gave them
-    by = study.conditions or ["trial_id"]
-    table = best_regimes(runs, metrics.ACC_UNTRAINED, by=by, where=constraints)
-    section.tables.append(("Best regimes (mean over seeds, constraint applied)", table.head(5)))
-    section.figures["search_history.png"] = study_plots.condition_bars(
-        _suggestions(runs, by, constraints),
-        "suggestion",
-        metrics.ACC_UNTRAINED,
-        "constraints met",
-        chance_of(runs),
-        "each suggestion in launch order, its seeds as dots",
-    )
-    if table.empty:
-        section.checks.append(missing(study, BEST_REGIME, "", "no regime meets the constraints"))
-        return section
-    best = table.iloc[0]
-    regime = ", ".join(f"{k}={plots._tick(best[k])}" for k in by)
-    spread = f"{best['mean']:.2f} ± {0.0 if math.isnan(best['std']) else best['std']:.2f}"
-    n = int(best["n"])
-    estimate = stats.Estimate(
-        float(best["mean"]),
-        math.nan,
-        math.nan,
-        math.nan,
-        (n,),
-        "mean over seeds",
-        {"mean": float(best["mean"]), "std": float(best["std"])},
-    )
-    measured = f"{regime}: {spread} over seeds {best.get('seeds', '?')} (n={n})"
-    section.checks.append(judge(study, BEST_REGIME, "", estimate, [], measured))
-    return section
-
-
-def _suggestions(
-    runs: pd.DataFrame, by: list[str], constraints: Sequence[Constraint]
-) -> pd.DataFrame:
-    """The runs with `suggestion` (1, 2, ... in launch order of each regime's first seed) and
-    `constraints met` (by the regime's mean, as in `best_regimes`)."""
-    keys = runs[by].astype(str).agg(" ".join, axis=1)
-    first = runs.assign(key=keys).groupby("key")["start_time"].min().sort_values()
-    order = {key: n + 1 for n, key in enumerate(first.index)}
-    frame = runs.assign(suggestion=keys.map(order))
-    met = pd.Series(True, index=frame.index)
-    for constraint in constraints:
-        met &= constraint.test(frame.groupby("suggestion")[constraint.metric].transform("mean"))
-    return frame.assign(**{"constraints met": met.map({True: "yes", False: "no"})})
