@@ -132,6 +132,7 @@ def tradeoffs(study: StudyData) -> Section:
         section.figures[name] = study_plots.pareto_scatter(
             pair, first[0], other[0], label, "the front of these two objectives highlighted"
         )
+        section.headline = section.headline or name
     _importances(section, runs, by, objectives)
     _most_transfer(study, section, by)
     return section
