@@ -58,15 +58,7 @@ def regime_search(study: StudyData) -> Section:
     regime = _regime(best, by)
     spread = f"{best['mean']:.2f} ± {0.0 if math.isnan(best['std']) else best['std']:.2f}"
     n = int(best["n"])
-    estimate = stats.Estimate(
-        float(best["mean"]),
-        math.nan,
-        math.nan,
-        math.nan,
-        (n,),
-        "mean over seeds",
-        {"mean": float(best["mean"]), "std": float(best["std"])},
-    )
+    estimate = _measured(best)
     measured = f"{regime}: {spread} over seeds {best.get('seeds', '?')} (n={n})"
     section.checks.append(judge(study, BEST_REGIME, "", estimate, [], measured))
     return section
@@ -209,12 +201,19 @@ def _most_transfer(study: StudyData, section: Section, by: Sequence[str]) -> Non
         f"{best[f'{metrics.ACC_TRAINED} mean']:.2f}; {reaches} {NEAR_COMPLETE_RATIO}. Highest "
         f"ratio at any acc@trained: {top['mean']:.2f} ({_regime(top, by)})"
     )
-    estimate = stats.Estimate(
-        float(best["mean"]), math.nan, math.nan, math.nan, (int(best["n"]),), "mean over seeds",
-        {"mean": float(best["mean"]), "std": std},
-    )  # fmt: skip
+    estimate = _measured(best)
     section.checks.append(judge(study, MOST_TRANSFER, "", estimate, [], measured))
 
 
 def _regime(row: pd.Series, by: Sequence[str]) -> str:
     return ", ".join(f"{k}={plots._tick(row[k])}" for k in by)
+
+
+def _measured(best: pd.Series) -> stats.Estimate:
+    """A search's best condition (a `best_regimes` row) as a measurement: its mean over seeds
+    with their spread, no interval (the best of many is no unbiased estimate)."""
+    std = 0.0 if math.isnan(best["std"]) else float(best["std"])
+    return stats.Estimate(
+        float(best["mean"]), math.nan, math.nan, math.nan, (int(best["n"]),), "mean over seeds",
+        {"mean": float(best["mean"]), "std": std},
+    )  # fmt: skip
