@@ -193,11 +193,7 @@ def best_regimes(
     """
     if mode not in ("max", "min"):
         raise ConfigError(f"mode {mode!r} must be max or min")
-    where = [*runs.attrs.get("constraints", ()), *where]
-    bad = [c for c in where if c[1] not in OPS]
-    if bad:
-        raise ConfigError(f"constraints {bad} have an operator other than {', '.join(OPS)}")
-    where = list(dict.fromkeys(Constraint(*c) for c in where))
+    where = _constraints(runs, where)
     keys = list(dict.fromkeys([*by, *condition_keys(runs)])) or ["trial_id"]
     frame = _rows(runs, status, [metric, *keys, *(c.metric for c in where)])
     frame = active_only(frame[frame[metric].notna()], keys)
@@ -220,21 +216,32 @@ def best_regimes(
     return table
 
 
+def _constraints(
+    runs: pd.DataFrame, where: Sequence[Constraint | tuple[str, str, float]]
+) -> list[Constraint]:
+    """The study's own constraints (`runs.attrs["constraints"]`, from `load_runs`) plus `where`,
+    each once; ConfigError for an operator outside `OPS`."""
+    given = [*runs.attrs.get("constraints", ()), *where]
+    bad = [c for c in given if c[1] not in OPS]
+    if bad:
+        raise ConfigError(f"constraints {bad} have an operator other than {', '.join(OPS)}")
+    return list(dict.fromkeys(Constraint(*c) for c in given))
+
+
 def best_so_far(
     runs: pd.DataFrame,
     metric: str,
     mode: str = "max",
     where: Sequence[Constraint | tuple[str, str, float]] = (),
 ) -> pd.DataFrame:
-    """How a search progressed: its finished trials in launch order (`trial` 1, 2, ...), each
+    """How a search progressed: its trials in launch order (`trial` 1, 2, ...), each
     trial's `value` of `metric`, whether it met the study's constraints plus `where`
     (`feasible`, per trial: a search is judged on what each trial it ran found) and `best`, the
     best feasible value among trials 1..n (NaN until one is feasible). Trials that failed or
     were stopped still count in the launch order: the search paid for them."""
     if mode not in ("max", "min"):
         raise ConfigError(f"mode {mode!r} must be max or min")
-    given = [*runs.attrs.get("constraints", ()), *where]
-    where = list(dict.fromkeys(Constraint(*c) for c in given))
+    where = _constraints(runs, where)
     frame = _rows(runs, None, [metric, "start_time", *(c.metric for c in where)])
     frame = frame.sort_values("start_time", kind="stable", ignore_index=True)
     feasible = frame["status"].eq("FINISHED") & frame[metric].notna()

@@ -14,7 +14,7 @@ from transinv import metrics, plots, stats, study_plots
 from transinv.analyses.base import ANALYSES, Section, StudyData, chance_of, judge, missing
 from transinv.config import ConfigError
 from transinv.constraints import Constraint, from_json
-from transinv.results import best_regimes, importance, pareto, study_objectives
+from transinv.results import best_regimes, importance, pareto, study_objectives, summarize
 
 LEARNED_WHERE_TRAINED = 0.95
 """acc@trained a regime must keep for `tradeoffs` to call its transfer learned invariance."""
@@ -55,11 +55,10 @@ def regime_search(study: StudyData) -> Section:
         section.checks.append(missing(study, BEST_REGIME, "", "no regime meets the constraints"))
         return section
     best = table.iloc[0]
-    regime = _regime(best, by)
-    spread = f"{best['mean']:.2f} ± {0.0 if math.isnan(best['std']) else best['std']:.2f}"
-    n = int(best["n"])
     estimate = _measured(best)
-    measured = f"{regime}: {spread} over seeds {best.get('seeds', '?')} (n={n})"
+    spread = f"{estimate.effect:.2f} ± {estimate.extra['std']:.2f}"
+    seeds = best.get("seeds", "?")
+    measured = f"{_regime(best, by)}: {spread} over seeds {seeds} (n={estimate.n[0]})"
     section.checks.append(judge(study, BEST_REGIME, "", estimate, [], measured))
     return section
 
@@ -138,9 +137,9 @@ def _front_table(
         mean, std = front[f"{metric} mean"], front[f"{metric} std"].fillna(0.0)
         table[f"{metric} ({mode})"] = [f"{m:.2f} ± {s:.2f}" for m, s in zip(mean, std, strict=True)]
     if metrics.TRANSFER_RATIO in runs:
-        ratio = runs.groupby(list(by), dropna=False)[metrics.TRANSFER_RATIO].mean()
-        keys = front[list(by)].itertuples(index=False, name=None)
-        table["transfer ratio"] = [ratio.get(k if len(by) > 1 else k[0], math.nan) for k in keys]
+        column = f"{metrics.TRANSFER_RATIO} mean"
+        means = summarize(runs, by, [metrics.TRANSFER_RATIO])[[*by, column]]
+        table["transfer ratio"] = front[list(by)].merge(means, how="left")[column].to_numpy()
     table["n"] = front["n"].to_numpy()
     return table.reset_index(drop=True)
 
@@ -193,15 +192,15 @@ def _most_transfer(study: StudyData, section: Section, by: Sequence[str]) -> Non
         section.checks.append(missing(study, MOST_TRANSFER, "", why))
         return
     best = kept.iloc[0]
-    std = 0.0 if math.isnan(best["std"]) else float(best["std"])
+    estimate = _measured(best)
     reaches = "reaches" if best["mean"] >= NEAR_COMPLETE_RATIO else "below"
     top = overall.iloc[0]
+    spread = f"{estimate.effect:.2f} ± {estimate.extra['std']:.2f} (n={estimate.n[0]})"
     measured = (
-        f"{_regime(best, by)}: {best['mean']:.2f} ± {std:.2f} (n={int(best['n'])}), acc@trained "
+        f"{_regime(best, by)}: {spread}, acc@trained "
         f"{best[f'{metrics.ACC_TRAINED} mean']:.2f}; {reaches} {NEAR_COMPLETE_RATIO}. Highest "
         f"ratio at any acc@trained: {top['mean']:.2f} ({_regime(top, by)})"
     )
-    estimate = _measured(best)
     section.checks.append(judge(study, MOST_TRANSFER, "", estimate, [], measured))
 
 
