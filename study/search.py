@@ -184,6 +184,7 @@ def build_search(spec: StudySpec) -> OptunaSearch | SeedRepeater | None:
         metric=list(metrics) if several else metrics[0],
         mode=list(modes) if several else modes[0],
         sampler=build_sampler(spec),
+        points_to_evaluate=[{k: _plain(v) for k, v in p.items()} for p in spec.enqueue] or None,
         constraints=spec.constraints,
     )
     return SeedRepeater(search, spec.repeat) if spec.repeat > 1 else search

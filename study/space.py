@@ -32,6 +32,7 @@ from study.study_file import (
     constraints_entry,
     digest,
     domain_fields,
+    enqueue_entry,
     objectives_entry,
     read_yaml,
     repeat_entry,
@@ -92,6 +93,24 @@ class Domain:
                 return False
         return True
 
+    def contains(self, value: Any) -> bool:
+        """Whether the sampler could suggest `value` (typed) for this key."""
+        if self.kind in ("choice", "grid"):
+            return value in self.values
+        assert self.low is not None and self.high is not None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if not self.low <= value <= self.high:
+            return False
+        return self.kind != "int" or (value - self.low) % (self.step or 1) == 0
+
+    def bounds(self) -> str:
+        """What `contains` accepts, in words for an error message."""
+        if self.kind in ("choice", "grid"):
+            return f"choices: {', '.join(map(str, self.values))}"
+        step = f" in steps of {self.step}" if self.kind == "int" and self.step else ""
+        return f"expected {self.low} to {self.high}{step}"
+
     def candidates(self) -> tuple[Any, ...]:
         """Values worth a sanity build: every discrete value, or both ends of a range."""
         if self.kind in ("choice", "grid"):
@@ -147,6 +166,8 @@ class StudySpec:
     """TPE models the parameters jointly (and groups conditional ones)."""
     constant_liar: bool = True
     """TPE treats running trials as bad, so parallel trials spread out."""
+    enqueue: tuple[dict[str, Any], ...] = ()
+    """Points of the space (typed) the searcher suggests first, in order (`search.enqueue`)."""
 
     @property
     def multi_objective(self) -> bool:
@@ -263,6 +284,7 @@ def load_space(path: str | Path) -> StudySpec:
             f"empty space with search.sampler: {sampler}",
             "to repeat a fixed config use sampler: grid with samples: N",
         )
+    enqueue = enqueue_entry(f, raw, space, fixed, samples // repeat) if not broken else ()
     f.raise_problems()
 
     spec = StudySpec(
@@ -289,6 +311,7 @@ def load_space(path: str | Path) -> StudySpec:
         pretrain_cache=pretrain_cache,
         objectives=tuple(objectives),
         startup=startup,
+        enqueue=enqueue,
         **tpe_options,
     )
     _sanity_build(spec, f)

@@ -30,7 +30,7 @@ CONDITIONS = ("when", "when_not")
 _DOMAIN_OPTIONS = {"int": ("step", "log")}
 MODES = ("max", "min")
 SAMPLERS = ("tpe", "gp", "nsga2", "random", "grid")
-SEARCH_KEYS = ("sampler", "seed", "startup", "multivariate", "constant_liar")
+SEARCH_KEYS = ("sampler", "seed", "startup", "multivariate", "constant_liar", "enqueue")
 STARTUP_SAMPLERS = ("tpe", "gp", "nsga2")
 """Samplers with a random start: `startup` is n_startup_trials (tpe, gp), population_size
 (nsga2: its first generation is random)."""
@@ -355,7 +355,55 @@ def search_entry(
                     value = search[option]
                     f.check(isinstance(value, bool), at, f"bad value {value!r}", "true or false")
                     tpe_options[option] = value
+        with f.entry():
+            hint = "a grid runs every point of its space already"
+            ok = "enqueue" not in search or sampler != "grid"
+            f.check(ok, "search.enqueue", "enqueue with sampler grid", hint)
     return sampler, seed, startup, tpe_options
+
+
+def enqueue_entry(
+    f: StudyFile,
+    raw: Mapping[str, Any],
+    space: Mapping[str, Any],
+    fixed: Mapping[str, Any],
+    suggestions: int,
+) -> tuple[dict[str, Any], ...]:
+    """`search.enqueue`: regimes the searcher suggests first, before its own (Optuna's
+    `enqueue_trial`), as typed points. `space` holds the `space.Domain`s: each point gives every
+    key that is sampled under it (its conditions met) a value in its domain, and nothing else."""
+    search = raw.get("search")
+    listed = search.get("enqueue") if isinstance(search, dict) else None
+    if listed is None:
+        return ()
+    points: list[dict[str, Any]] = []
+    with f.entry():
+        hint = "a list of points of the space, each {key: value}"
+        f.check(isinstance(listed, list) and listed, "search.enqueue", f"bad {listed!r}", hint)
+        f.check(
+            len(listed) <= suggestions,
+            "search.enqueue",
+            f"{len(listed)} points for {suggestions} suggestions",
+            "enqueue at most samples / repeat points",
+        )
+        for i, given in enumerate(listed):
+            where = f"search.enqueue[{i}]"
+            with f.entry():
+                given = f.mapping(given, where, tuple(space))
+                present, point = dict(fixed), {}
+                for key, domain in space.items():
+                    at = f"{where}.{key}"
+                    if not domain.active(present):
+                        hint = "leave it out: its when/when_not condition is not met here"
+                        f.check(key not in given, at, f"{key!r} is not sampled at this point", hint)
+                        continue
+                    f.check(key in given, where, f"missing {key!r}", "give every sampled key")
+                    value = cfg.parse_value(key, given[key], f.source(at))
+                    ok = domain.contains(value)
+                    f.check(ok, at, f"{value!r} is outside the space", domain.bounds())
+                    present[key] = point[key] = value
+                points.append(point)
+    return tuple(points)
 
 
 def resources_entry(f: StudyFile, raw: Mapping[str, Any]) -> tuple[float, float]:

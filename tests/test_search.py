@@ -40,6 +40,7 @@ STUDY = {
     },
 }
 TWO = [{"metric": UP, "mode": "max"}, {"metric": DOWN, "mode": "min"}]
+POINT = {"finetune.freeze": "all_but_head", "finetune.steps": 300, "optim.lr": 1.0e-3}
 
 
 def spec_of(tmp_path: Path, **top):
@@ -89,6 +90,28 @@ def test_search_options_reach_the_sampler_without_deprecation_warnings(tmp_path)
             {"objective": None, "objectives": [TWO[0], {"metric": DOWN, "mode": "down"}]},
             ["objectives[1].mode", "max, min"],
         ),
+        ({"search": {"sampler": "grid", "enqueue": [POINT]}}, ["search.enqueue", "grid"]),
+        (
+            {"search": {"enqueue": [{**POINT, "finetune.steps": 75}]}},
+            ["enqueue[0].finetune.steps", "steps of 50"],
+        ),
+        (
+            {"search": {"enqueue": [{**POINT, "finetune.freeze": "fc"}]}},
+            ["enqueue[0].finetune.freeze", "choices: none"],
+        ),
+        (
+            {"search": {"enqueue": [{**POINT, "optim.lr": 1.0}]}},
+            ["enqueue[0].optim.lr", "outside the space"],
+        ),
+        (
+            {"search": {"enqueue": [{"finetune.freeze": "none"}]}},
+            ["search.enqueue[0]", "missing 'finetune.steps'"],
+        ),
+        (
+            {"search": {"enqueue": [{**POINT, "model.arch": "resnet18"}]}},
+            ["enqueue[0].model.arch", "unknown key"],
+        ),
+        ({"search": {"enqueue": [POINT] * 9}}, ["search.enqueue", "9 points for 8 suggestions"]),
     ],
 )
 def test_bad_search_and_objectives_are_refused_by_name(tmp_path, edit, expected):
@@ -154,6 +177,46 @@ def test_seed_repeater_tells_the_mean_of_every_objective(tmp_path):
     search.on_trial_complete("t1", {UP: 0.6, DOWN: 0.4, TRAINED: 0.9})
     (trial,) = optuna_study(search).trials
     assert trial.values == pytest.approx([0.7, 0.3])
+
+
+def test_enqueued_points_are_suggested_first_then_the_sampler_takes_over(tmp_path):
+    """A user who knows a good regime (a grid's winner) starts the search from it: the points
+    come first, in order, typed as the trainable receives them, and count as trials Optuna
+    learns from."""
+    second = {"finetune.freeze": "none", "finetune.steps": 50, "optim.lr": 1.0e-4}
+    spec = spec_of(tmp_path, search={"sampler": "tpe", "seed": 0, "enqueue": [POINT, second]})
+    assert spec.enqueue == (POINT, second)
+    search = build_search(spec)
+    search.set_search_properties(None, None, {})
+    assert [search.suggest(t) for t in ("a", "b")] == [POINT, second]
+    search.on_trial_complete("a", {UP: 0.8, TRAINED: 0.9})
+    third = search.suggest("c")
+    assert third not in (POINT, second) and set(third) == set(POINT)
+    assert optuna_study(search).trials[0].params == POINT
+    assert spec.digest != spec_of(tmp_path).digest
+
+
+def test_an_enqueued_point_gives_exactly_the_keys_its_conditions_sample(tmp_path):
+    space = {
+        "pretrain.dataset": {"choice": ["none", "glyphs"]},
+        "pretrain.steps": {
+            "int": [250, 1000],
+            "step": 250,
+            "when_not": {"pretrain.dataset": "none"},
+        },
+    }
+    vanilla, glyphs = (
+        {"pretrain.dataset": "none"},
+        {"pretrain.dataset": "glyphs", "pretrain.steps": 500},
+    )
+    spec = spec_of(tmp_path, space=space, search={"enqueue": [vanilla, glyphs]})
+    assert spec.enqueue == (vanilla, glyphs)
+    with pytest.raises(
+        ConfigError, match=r"not sampled at this point .*: search.enqueue\[0\].pretrain.steps"
+    ):
+        spec_of(tmp_path, space=space, search={"enqueue": [{**vanilla, "pretrain.steps": 500}]})
+    with pytest.raises(ConfigError, match=r"missing 'pretrain.steps' .*: search.enqueue\[0\]; "):
+        spec_of(tmp_path, space=space, search={"enqueue": [{"pretrain.dataset": "glyphs"}]})
 
 
 def test_asha_horizon_is_the_longest_trial(tmp_path):
