@@ -29,6 +29,7 @@ from typing import Any
 from study.study_file import (
     StudyFile,
     base_fixed,
+    choose,
     constraints_entry,
     digest,
     domain_fields,
@@ -107,7 +108,7 @@ class Domain:
     def bounds(self) -> str:
         """What `contains` accepts, in words for an error message."""
         if self.kind in ("choice", "grid"):
-            return f"choices: {', '.join(map(str, self.values))}"
+            return choose(self.values)
         step = f" in steps of {self.step}" if self.kind == "int" and self.step else ""
         return f"expected {self.low} to {self.high}{step}"
 

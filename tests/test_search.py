@@ -97,7 +97,7 @@ def test_search_options_reach_the_sampler_without_deprecation_warnings(tmp_path)
         ),
         (
             {"search": {"enqueue": [{**POINT, "finetune.freeze": "fc"}]}},
-            ["enqueue[0].finetune.freeze", "choices: none"],
+            ["enqueue[0].finetune.freeze", "choose one of none, all_but_head"],
         ),
         (
             {"search": {"enqueue": [{**POINT, "optim.lr": 1.0}]}},
