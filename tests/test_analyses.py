@@ -163,6 +163,25 @@ def test_trial_key_ignores_threads_and_a_vanilla_start_s_pretraining_keys():
     assert trial_key(pretrained) != trial_key(changed)
 
 
+def test_trial_key_names_translation_over_the_whole_canvas_whole():
+    """dose_response's r = 1 and the claim studies' `whole` are one pretraining (the cache
+    serves both), so their trials are the same trials; a smaller range is not."""
+    whole = pd.Series(
+        {
+            "seed": 0,
+            "pretrain.dataset": "glyphs",
+            "pretrain.regime": "whole",
+            "pretrain.translation": 0.5,
+            "model.arch": "small_cnn",
+        }
+    )
+    translated = whole.copy()
+    translated["pretrain.regime"], translated["pretrain.translation"] = "translation", 1.0
+    assert trial_key(translated) == trial_key(whole)
+    translated["pretrain.translation"] = 0.67
+    assert trial_key(translated) != trial_key(whole)
+
+
 def test_representation_layer_is_the_last_hidden_fc_else_logits():
     g = "invariance/G/"
     assert representation_layer([f"{g}conv4", f"{g}fc1", f"{g}logits"]) == "fc1"

@@ -38,16 +38,23 @@ def pretrain_key(config: TrialConfig) -> str:
     flat = {
         k: format_value(v) for k, v in to_flat(config).items() if not k.startswith(EXCLUDED_GROUPS)
     }
+    flat.update(regime_aliases(config))
+    text = json.dumps({"version": CACHE_VERSION, "config": flat}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def regime_aliases(config: TrialConfig) -> dict[str, str]:
+    """The pretraining-regime keys of `config` (formatted values, "" for a key the regime ignores)
+    named the one way every equivalent config names them, or {} when they are already: what makes
+    two differently written pretrainings one (here, for the cache, and in a report's
+    `shared_with`)."""
     if _covers_the_canvas(config):
         # Regime `translation` whose box is the whole valid range draws exactly what `whole`
         # draws (the same sampler call): one pretraining, whichever name a study uses.
-        flat.update(
-            {"pretrain.regime": "whole", "pretrain.translation": "", "pretrain.location": ""}
-        )
-    elif config.pretrain.regime == "whole" and not config.pretrain.class_regimes:
-        flat.update({"pretrain.translation": "", "pretrain.location": ""})
-    text = json.dumps({"version": CACHE_VERSION, "config": flat}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return {"pretrain.regime": "whole", "pretrain.translation": "", "pretrain.location": ""}
+    if config.pretrain.regime == "whole" and not config.pretrain.class_regimes:
+        return {"pretrain.translation": "", "pretrain.location": ""}
+    return {}
 
 
 def _covers_the_canvas(config: TrialConfig) -> bool:

@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 
 import transinv.analyses.expectations as ex
 from transinv import choices, metrics, plots, stats
-from transinv.config import KEY_TYPES, format_value
+from transinv.config import KEY_TYPES, format_value, from_flat
+from transinv.pretrain_cache import regime_aliases
 from transinv.results import curves, final_grids, summarize, varying_keys, with_config
 
 NEAR_CHANCE_RATIO = 0.1
@@ -267,18 +268,22 @@ def with_holm(checks: Sequence[Check]) -> list[Check]:
 
 def trial_key(row: pd.Series) -> str:
     """What makes a trial the trial it is: its config, seed included, without `run.*` keys
-    (threads, not results) and, for a vanilla start, without the pretraining keys it ignores.
-    Runs of different studies with the same key are the same trial run twice (the pretraining
-    cache and the seeds make them identical)."""
+    (threads, not results), for a vanilla start without the pretraining keys it ignores, and
+    with its pretraining regime named as the pretraining cache names it (translation over the
+    whole canvas is `whole`). Runs of different studies with the same key are the same trial run
+    twice (the pretraining cache and the seeds make them identical)."""
     vanilla = row.get("pretrain.dataset") == "none"
-    keys = [
-        k
+    values = {
+        k: format_value(row[k])
         for k in KEY_TYPES
         if k in row.index
+        and _present(row[k])
         and not k.startswith("run.")
         and not (vanilla and k.startswith("pretrain.") and k != "pretrain.dataset")
-    ]
-    return ";".join(f"{k}={format_value(row[k])}" for k in sorted(keys) if _present(row[k]))
+    }
+    if not vanilla:
+        values.update(regime_aliases(from_flat(values)))
+    return ";".join(f"{k}={v}" for k, v in sorted(values.items()) if v != "")
 
 
 def _present(value: object) -> bool:
