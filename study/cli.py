@@ -194,7 +194,7 @@ def study_command() -> str:
 
 def _dry_run(spec) -> int:
     """Print the trials a study would launch, without Ray or a server."""
-    from study.space import trial_config
+    from study.space import grid_points, trial_config
     from study.tuner import expected_trials
 
     repeat = f", each suggestion over seeds 0-{spec.repeat - 1}" if spec.repeat > 1 else ""
@@ -202,12 +202,7 @@ def _dry_run(spec) -> int:
     objectives = ", ".join(f"{mode} {metric}" for metric, mode in spec.objectives)
     print(f"objectives: {objectives}; resources cpu={spec.cpu} gpu={spec.gpu}")
     if spec.sampler == "grid":
-        import itertools
-
-        keys = list(spec.space)
-        combos = list(itertools.product(*(spec.space[k].values for k in keys)))
-        for i, combo in enumerate(combos * spec.samples):
-            config = dict(zip(keys, combo, strict=True))
+        for i, config in enumerate(grid_points(spec) * spec.samples):
             trial_config(spec, config)  # validates every combination
             print(f"  {i:4d} " + " ".join(f"{k}={v}" for k, v in config.items()))
     else:

@@ -23,7 +23,7 @@ from typing import Any
 from ray import tune
 from ray.tune.search.repeater import TRIAL_INDEX
 
-from study.space import StudySpec, trial_config
+from study.space import StudySpec, sampled_values, trial_config
 from transinv import config as cfg
 from transinv import metrics
 
@@ -90,7 +90,7 @@ class Progress(tune.Callback):
     # -- what one trial is and where it stands ------------------------------------------------
 
     def _config(self, trial) -> dict[str, Any]:
-        return {k: v for k, v in trial.config.items() if k != TRIAL_INDEX}
+        return {k: v for k, v in sampled_values(trial.config).items() if k != TRIAL_INDEX}
 
     def label(self, trial) -> str:
         """The trial's short id and the values the study chose for it: `3f2a pretrain.dataset=

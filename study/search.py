@@ -21,7 +21,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
-from study.space import Domain, StudySpec
+from study.space import GRID_POINT, Domain, StudySpec, grid_points
 from study.study_file import SAMPLERS
 from study.trial import PHASE_STEP
 from transinv import config as cfg
@@ -102,12 +102,15 @@ def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
 
 
 def grid_param_space(spec: StudySpec) -> dict[str, Any]:
-    """Ray's `param_space` for sampler grid: every space key as `tune.grid_search`."""
+    """Ray's `param_space` for sampler grid: one `tune.grid_search` over `grid_points`, so Ray
+    launches the trials in that order (`train` and the console unpack them with
+    `sampled_values`)."""
     if spec.sampler != "grid":
         raise ConfigError(
             f"{spec.path} uses search.sampler: {spec.sampler}; grid_param_space needs grid"
         )
-    return {key: tune.grid_search([_plain(v) for v in d.values]) for key, d in spec.space.items()}
+    points = [{k: _plain(v) for k, v in point.items()} for point in grid_points(spec)]
+    return {GRID_POINT: tune.grid_search(points)}
 
 
 class ConstrainedOptunaSearch(OptunaSearch):

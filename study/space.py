@@ -20,6 +20,7 @@ A condition may name only a fixed key or a space key that comes earlier in the f
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -401,6 +402,32 @@ def run_name(spec: StudySpec, sampled: Mapping[str, Any], seed: int) -> str:
             text = "no-pretrain"
         parts.append(f"{label}={text}" if label else text)
     return " ".join([*parts, f"s{seed}"])
+
+
+GRID_POINT = "grid_point"
+"""The one key of a grid study's Ray `param_space`: each trial's {key: value}, in `grid_points`
+order (see `sampled_values`)."""
+
+
+def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
+    """A grid study's trials in launch order, each {key: value} in file order: the keys that
+    shape pretraining (`cfg.shapes_pretraining`) vary fastest, the others (finetuning) slowest.
+    The trials launched together then pretrain different networks, and the finetuning variants
+    that follow find theirs in the pretraining cache, instead of two slots pretraining one network
+    twice at the start of every seed. (Ray's own grid would vary keys in name order.)"""
+    keys = sorted(spec.space, key=lambda k: not cfg.shapes_pretraining(k))
+    keys.reverse()  # itertools.product varies its last factor fastest
+    combos = itertools.product(*(spec.space[k].values for k in keys))
+    points = [dict(zip(keys, combo, strict=True)) for combo in combos]
+    return [{k: point[k] for k in spec.space} for point in points]
+
+
+def sampled_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The values Ray chose for a trial, flat: a grid trial's `GRID_POINT` unpacked (a study
+    launched before grids had one holds them flat already)."""
+    flat = {k: v for k, v in config.items() if k != GRID_POINT}
+    flat.update(config.get(GRID_POINT, {}))
+    return flat
 
 
 def trial_config(spec: StudySpec, sampled: Mapping[str, Any]) -> TrialConfig:

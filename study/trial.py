@@ -25,7 +25,7 @@ import torch
 from ray import tune
 from ray.tune.search.repeater import TRIAL_INDEX
 
-from study.space import StudySpec, active_params, run_name, trial_config
+from study.space import StudySpec, active_params, run_name, sampled_values, trial_config
 from transinv import metrics
 from transinv.config import to_flat
 from transinv.evaluation import Evaluation
@@ -84,7 +84,7 @@ def train(config: dict[str, Any], study: StudyContext) -> None:
     """The function trainable (use with `tune.with_parameters(train, study=...)`)."""
     spec = study.spec
     trial_id = tune.get_context().get_trial_id()
-    config = dict(config)
+    config = sampled_values(config)
     index = config.pop(TRIAL_INDEX, None)
     trial = trial_config(spec, config)
     seeded = []

@@ -17,12 +17,21 @@ from study.search import (
     define_by_run,
     grid_param_space,
 )
-from study.space import active_params, load_space, trial_config
+from study.space import (
+    GRID_POINT,
+    active_params,
+    grid_points,
+    load_space,
+    sampled_values,
+    trial_config,
+)
 from study.tuner import expected_trials
 from transinv.config import ConfigError, TrialConfig
 from transinv.constraints import Constraint
+from transinv.pretrain_cache import pretrain_key
 
-SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+SMOKE = SPACES / "smoke.yaml"
 
 BASE = {
     "study": "t",
@@ -369,11 +378,16 @@ def test_grid_param_space_covers_every_key_and_trial_config_drops_inactive(tmp_p
     }
     spec = load_space(write(tmp_path, study))
     assert spec.samples == 2
-    grid = grid_param_space(spec)
-    assert list(grid) == list(spec.space)
-    assert grid["seed"] == {"grid_search": [0, 1, 2]}
-    assert grid["pretrain.translation"] == {"grid_search": [0.0, 1.0]}
-    assert grid["finetune.location"] == {"grid_search": ["0.25,0.5", "0.75,0.5"]}
+    points = grid_param_space(spec)[GRID_POINT]["grid_search"]
+    assert len(points) == 2 * 2 * 2 * 3 and all(list(p) == list(spec.space) for p in points)
+    # Keys that shape pretraining vary fastest (in file order), finetuning keys slowest.
+    assert [tuple(p.values()) for p in points[:3]] == [
+        ("none", 0.0, "0.25,0.5", 0),
+        ("glyphs", 0.0, "0.25,0.5", 0),
+        ("none", 1.0, "0.25,0.5", 0),
+    ]
+    assert points[4]["seed"] == 1 and points[12]["finetune.location"] == "0.75,0.5"
+    assert sampled_values({GRID_POINT: points[12], "x": 1}) == {**points[12], "x": 1}
     config = trial_config(
         spec,
         {
@@ -389,6 +403,21 @@ def test_grid_param_space_covers_every_key_and_trial_config_drops_inactive(tmp_p
         build_sampler(spec)
     with pytest.raises(ConfigError, match="grid"):
         define_by_run(spec)
+
+
+def test_grid_points_are_rays_launch_order_and_start_with_distinct_pretrainings():
+    """The dry run's numbering is Ray's: Ray's own variants of `grid_param_space` are
+    `grid_points`, in order. And a forgetting grid (finetuning keys x seeds) launches one
+    pretraining per seed before any finetuning variant, so no two slots pretrain one network."""
+    from ray.tune.search.variant_generator import generate_variants
+
+    spec = load_space(SPACES / "claim5_forgetting.yaml")
+    variants = generate_variants(grid_param_space(spec))
+    points = grid_points(spec)
+    assert [sampled_values(v) for _, v in variants] == points and len(points) == 40
+    seeds = len(spec.space["seed"].values)
+    keys = [pretrain_key(trial_config(spec, p)) for p in points]
+    assert len(set(keys[:seeds])) == seeds == len(set(keys))
 
 
 def test_constraints_known_answers():

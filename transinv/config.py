@@ -352,6 +352,13 @@ KEYS: dict[str, KeySpec] = {k: f.metadata["key"] for k, (_, f) in _LEAVES.items(
 """Every flat key with its declaration (doc, bounds, choices), in declaration order."""
 
 
+def shapes_pretraining(key_: str) -> bool:
+    """Whether a flat key can change a trial's pretraining: every key but finetuning's and `run.*`
+    (where and how fast a trial runs). The pretraining cache keys on these; a grid varies them
+    first."""
+    return not key_.startswith(("finetune.", "run."))
+
+
 def to_flat(config: TrialConfig) -> dict[str, Any]:
     """The flat dotted-key form: `{"seed": 0, "canvas.size": 64, ...}`."""
     out: dict[str, Any] = {}

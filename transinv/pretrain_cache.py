@@ -27,17 +27,14 @@ from typing import Any
 
 import torch
 
-from transinv.config import TrialConfig, format_value, to_flat
+from transinv.config import TrialConfig, format_value, shapes_pretraining, to_flat
 
 CACHE_VERSION = 1
-EXCLUDED_GROUPS = ("finetune.", "run.")
 
 
 def pretrain_key(config: TrialConfig) -> str:
     """A digest of the keys that determine a trial's pretraining (16 hex characters)."""
-    flat = {
-        k: format_value(v) for k, v in to_flat(config).items() if not k.startswith(EXCLUDED_GROUPS)
-    }
+    flat = {k: format_value(v) for k, v in to_flat(config).items() if shapes_pretraining(k)}
     flat.update(regime_aliases(config))
     text = json.dumps({"version": CACHE_VERSION, "config": flat}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
