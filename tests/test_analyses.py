@@ -141,40 +141,26 @@ def test_invariance_level_names_the_level_its_interval_reaches():
     assert invariance_level(pd.Series([0.0, 0.6, 0.1])).startswith("not determined")
 
 
+def trial_row(**changes) -> pd.Series:
+    """A run's config columns: a vanilla small CNN at seed 0, with `changes` (dots as `__`)."""
+    row = {"seed": 0, "pretrain.dataset": "none", "pretrain.regime": "whole"}
+    row.update({"model.arch": "small_cnn", "run.threads": 1})
+    return pd.Series({**row, **{k.replace("__", "."): v for k, v in changes.items()}})
+
+
 def test_trial_key_ignores_threads_and_a_vanilla_start_s_pretraining_keys():
-    row = pd.Series(
-        {
-            "seed": 0,
-            "pretrain.dataset": "none",
-            "pretrain.regime": "whole",
-            "run.threads": 1,
-            "model.arch": "small_cnn",
-        }
-    )
-    other = row.copy()
-    other["pretrain.regime"], other["run.threads"] = "class_region", 2
-    assert trial_key(row) == trial_key(other)
-    other["seed"] = 1
-    assert trial_key(row) != trial_key(other)
-    pretrained = row.copy()
-    pretrained["pretrain.dataset"] = "glyphs"
-    changed = pretrained.copy()
-    changed["pretrain.regime"] = "class_region"
+    row = trial_row()
+    assert trial_key(row) == trial_key(trial_row(pretrain__regime="class_region", run__threads=2))
+    assert trial_key(row) != trial_key(trial_row(seed=1))
+    pretrained = trial_row(pretrain__dataset="glyphs")
+    changed = trial_row(pretrain__dataset="glyphs", pretrain__regime="class_region")
     assert trial_key(pretrained) != trial_key(changed)
 
 
 def test_trial_key_names_translation_over_the_whole_canvas_whole():
     """dose_response's r = 1 and the claim studies' `whole` are one pretraining (the cache
     serves both), so their trials are the same trials; a smaller range is not."""
-    whole = pd.Series(
-        {
-            "seed": 0,
-            "pretrain.dataset": "glyphs",
-            "pretrain.regime": "whole",
-            "pretrain.translation": 0.5,
-            "model.arch": "small_cnn",
-        }
-    )
+    whole = trial_row(pretrain__dataset="glyphs", pretrain__translation=0.5)
     translated = whole.copy()
     translated["pretrain.regime"], translated["pretrain.translation"] = "translation", 1.0
     assert trial_key(translated) == trial_key(whole)
