@@ -110,11 +110,7 @@ def with_study_holm(sections: Sequence[Section]) -> list[Section]:
 def mark_shared(reports: Sequence[StudyReport]) -> None:
     """Fill each check's `shared_with`: the other checks of the report that rest on some of the
     same trials (a trial = config and seed, so the same trial run by two studies counts)."""
-    key_of = {
-        run_id: trial_key(row)
-        for report in reports
-        for run_id, row in report.data.runs.set_index("run_id", drop=False).iterrows()
-    }
+    key_of = _trial_keys(reports)
     everything = [
         (
             report,
@@ -132,20 +128,26 @@ def mark_shared(reports: Sequence[StudyReport]) -> None:
         section.checks[i] = dataclasses.replace(section.checks[i], shared_with=shared)
 
 
-def _trial_set(report: StudyReport, check: Check) -> frozenset[str]:
-    runs = report.data.runs.set_index("run_id", drop=False)
-    return frozenset(trial_key(runs.loc[r]) if r in runs.index else r for r in check.run_ids)
+def _trial_keys(reports: Sequence[StudyReport]) -> dict[str, str]:
+    """Each run's `trial_key` by run id, over every study of the report (computed once: a key
+    builds and validates the run's config)."""
+    return {
+        run_id: trial_key(row)
+        for report in reports
+        for run_id, row in report.data.runs.set_index("run_id", drop=False).iterrows()
+    }
 
 
 def verdict_counts(reports: Sequence[StudyReport]) -> dict[str, dict[str, int]]:
     """Verdicts per source; checks with the same source and verdict on exactly the same trials
     count once (one piece of evidence, however many checks read it)."""
+    key_of = _trial_keys(reports)
     seen: set[tuple] = set()
     counts: dict[str, dict[str, int]] = {s: dict.fromkeys(VERDICTS, 0) for s in SOURCE_TITLES}
     for report in reports:
         for section in report.sections:
             for check in section.checks:
-                trials = _trial_set(report, check)
+                trials = frozenset(key_of.get(r, r) for r in check.run_ids)
                 key = (check.source, check.verdict, trials or (report.name, check.name))
                 if key in seen:
                     continue
