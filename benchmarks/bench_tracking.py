@@ -17,6 +17,9 @@ evaluations a phase) is the primary figure; the smoke study's trial (search_spac
 metrics at one step both ways, side by side. Here the tracking thread has the second core to
 itself; in a study two trials share two cores.
 
+The smoke trial runs again with fewer rendered maps (`run.heatmaps: ends`, `none`), each against
+its own untracked rounds: what the key buys where tracking's fixed costs dominate.
+
 The last line is `bench_tracking: <tracked / untracked small-budget trial wall time>x` (goal
 <= 1.02x, a share <= 2%).
 """
@@ -27,6 +30,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -62,7 +66,7 @@ def timed_trial(
         return time.perf_counter() - started, {}
     client = MlflowClient(tracker.uri)
     run_id = client.create_run(experiment, run_name="bench").info.run_id
-    log = RunLog(tracker, run_id, TrackingQueue())
+    log = RunLog(tracker, run_id, TrackingQueue(), heatmaps=config.run.heatmaps)
     result = run_trial(config, lambda evaluation, state: log.on_eval(evaluation))
     log.finish(result)
     wall = time.perf_counter() - started
@@ -133,11 +137,19 @@ def main() -> None:
             smoke_ratio = share_of_trial(
                 "smoke trial", smoke, tracker, experiment, args.smoke_rounds
             )
+        # What `run.heatmaps` buys where fixed costs dominate (on --quick, the tiny trial).
+        short, lean = budget if args.quick else smoke, {}
+        for mode in ("ends", "none"):
+            config = replace(short, run=replace(short.run, heatmaps=mode))
+            name = f"{'tiny' if args.quick else 'smoke'} trial, run.heatmaps {mode}"
+            lean[name] = share_of_trial(name, config, tracker, experiment, args.smoke_rounds)
         batched, looped = batched_vs_per_metric(tracker, experiment, n_metrics, args.smoke_rounds)
         print(f"{n_metrics} metrics at one step: log_batch {1000 * batched:.1f} ms, "
               f"log_metric per metric {1000 * looped:.0f} ms: {looped / batched:.1f}x")  # fmt: skip
     if not args.quick:
         print(f"smoke trial, tracked / untracked: {smoke_ratio:.3f}x (secondary)")
+    for name, value in lean.items():
+        print(f"{name}, tracked / untracked: {value:.3f}x (secondary)")
     print(f"{size} trial, tracked / untracked (goal <= 1.02x): {ratio:.3f}x")
     print(f"bench_tracking: {ratio:.3f}x")
 

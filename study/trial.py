@@ -139,7 +139,8 @@ def train(config: dict[str, Any], study: StudyContext) -> None:
         if meta.get("warning"):
             where[TAG_WARNING] = meta["warning"]
         queue.call(tracker.set_tags, run_id, where)
-        log = RunLog(tracker, run_id, queue, meta, queue.call(tracker.delivered, run_id))
+        delivered = queue.call(tracker.delivered, run_id)
+        log = RunLog(tracker, run_id, queue, meta, delivered, trial.run.heatmaps)
         result = run_trial(trial, on_eval, checkpoint_state)
         queue.submit(tracker.set_tags, run_id, {TAG_PRETRAIN_CACHE: result.info["pretrain/cache"]})
         log.finish(result)

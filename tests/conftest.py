@@ -16,6 +16,19 @@ PROJECT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT.parent / "shared" / "data"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Modules marked `slow` (studies through Ray, servers, waits) first, longest `minutes`
+    first: pytest-xdist (`-n`, `--dist loadfile`, no reordering; pyproject.toml) hands out whole
+    files in this order, so the longest start at once and the short ones fill the gaps, instead
+    of a long file starting last and running alone."""
+
+    def rank(item):
+        mark = item.get_closest_marker("slow")
+        return (0, -mark.kwargs.get("minutes", 0)) if mark else (1, 0)
+
+    items.sort(key=rank)  # stable: collection order within a rank
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real MLflow tracking server (SQLite backend, proxied artifact folder)."""

@@ -19,6 +19,8 @@ from transinv.regimes import point_to_pixel
 from transinv.report import build_report
 from transinv.tracking import Tracker
 
+pytestmark = pytest.mark.slow(minutes=3)
+
 KINDS = {"effect": HELD, "null": NOT_SHOWN, "reversed": CONTRADICTED}
 G = metrics.invariance_key("G", "fc1")
 G_CONV = metrics.invariance_key("G", "conv4")

@@ -41,6 +41,8 @@ from cluster_fixtures import (
 from study.connect import CHECK_TIMEOUT_S, ClusterError, check_cluster
 from study.server import free_port
 
+pytestmark = pytest.mark.slow(minutes=3)
+
 COMPOSE_SECRETS = {
     "RAY_AUTH_TOKEN": "test-token",
     "POSTGRES_PASSWORD": "test",

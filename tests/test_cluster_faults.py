@@ -39,6 +39,8 @@ from test_study import wait_for
 
 from transinv import metrics
 
+pytestmark = pytest.mark.slow(minutes=6)
+
 MLFLOW_WORKERS = 2
 ENGINES_PER_PROCESS = 2
 """SQLAlchemy engines on the backend store per MLflow process: the tracking store's and the

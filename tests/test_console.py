@@ -7,7 +7,10 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
 from test_study import driver, finish, kill_group, progress, trial_runs, wait_for, write_space
+
+pytestmark = pytest.mark.slow(minutes=3)
 
 # Ray's own console output: table borders, the default engine's configuration box and paths,
 # its status blocks, worker-forwarded checkpoint notices, and its resume hint.

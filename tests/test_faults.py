@@ -30,6 +30,8 @@ from study.server import free_port, start_local_server
 from transinv import metrics
 from transinv.tracking import Tracker, TrackingError, TrackingOutage, TrackingQueue
 
+pytestmark = pytest.mark.slow(minutes=12)
+
 LR = "optim.lr: {loguniform: [0.001, 0.01]}"
 
 

@@ -35,6 +35,8 @@ from transinv import metrics
 from transinv.config import from_flat, to_flat
 from transinv.models import MODELS
 
+pytestmark = pytest.mark.slow(minutes=5)
+
 PROJECT = Path(__file__).resolve().parents[1]
 PAPER_SCALE = PROJECT / "search_spaces" / "paper_scale.yaml"
 

@@ -30,6 +30,8 @@ from transinv.analyses import ANALYSES
 from transinv.analyses.expectations import VERDICTS
 from transinv.results import load_runs
 
+pytestmark = pytest.mark.slow(minutes=12)
+
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 # Studies with a report that run on this CPU machine (paper_scale needs GPUs and ImageNet weights);
 # the *_paper siblings run the same analyses under another budget, so their miniatures would
@@ -50,6 +52,9 @@ MINI_FIXED = {
     "eval.pretrain_items": 32,
     "eval.grid_step": 0.25,
     "run.threads": 1,
+    # The per-evaluation maps are tested in test_runlog.py and test_study.py; here they would be
+    # a third of each miniature trial's CPU.
+    "run.heatmaps": "none",
 }
 STEP_KEYS = ("pretrain.steps", "finetune.steps")
 

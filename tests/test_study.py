@@ -19,6 +19,8 @@ from study import cli
 from transinv import metrics
 from transinv.results import best_regimes, curves, load_runs
 
+pytestmark = pytest.mark.slow(minutes=10)
+
 SPACE = """\
 # test study: {name}
 study: {name}

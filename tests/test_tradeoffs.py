@@ -11,6 +11,8 @@ import pytest
 from transinv.config import ConfigError
 from transinv.results import importance, pareto, pareto_mask, study_objectives
 
+pytestmark = pytest.mark.slow(minutes=1)
+
 UP, DOWN = "finetune/acc_untrained", "forgetting/pretrain_acc_drop"
 
 

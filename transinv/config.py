@@ -109,6 +109,7 @@ TRANSFER_MODES = ("all", "scramble_fc", "scramble_conv")
 STOP_RULES = ("fixed", "goal")
 EVAL_SCHEDULES = ("linear", "log")
 DEVICES = ("auto", "cpu", "cuda")
+HEATMAPS = ("every", "ends", "none")
 ANTIALIAS = ("none", "blur", "aps")
 """`model.antialias`: none, BlurPool (Zhang 2019), adaptive polyphase sampling (Chaman &
 Dokmanic 2021); built by `transinv/antialias.py`."""
@@ -316,6 +317,14 @@ class RunConfig:
         "could not deliver; after that the study stops resumably (rerun it once the server is "
         "back).",
         bounds=above(0),
+    )
+    heatmaps: str = key(
+        "every",
+        "Rendered maps in each trial's MLflow artifacts (`heatmaps/<key>/`): `every` (accuracy "
+        "at every evaluation, G per layer at a phase's first and last), `ends` (every grid at a "
+        "phase's first and last evaluation only) or `none`. Each map costs the trial ~0.25 s "
+        "of CPU; the last evaluation's grids are in `final_grid.json` either way.",
+        choices=HEATMAPS,
     )
 
 

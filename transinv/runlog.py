@@ -2,7 +2,8 @@
 
 Each evaluation is one batched metrics call (with a progress tag) plus heatmaps, rendered maps
 with pixel axes and a colour bar under `heatmaps/<key>/` in the run's artifacts: accuracy over
-the canvas at every evaluation, G per layer at the first and last evaluation of a phase. The end
+the canvas at every evaluation, G per layer at the first and last evaluation of a phase
+(`run.heatmaps`: fewer, or none, where a study's trials are many and short). The end
 of a trial adds the forgetting drops (metrics; peak steps and times go in summary tags), the
 forgetting and invariance-by-layer figures and the final grid as a table.
 
@@ -46,6 +47,11 @@ def heatmap_path(key: str, phase: str, step: int) -> str:
     return f"heatmaps/{key.replace('/', '_')}/{phase}_step_{step:06d}.png"
 
 
+def _at_phase_end(evaluation: Evaluation) -> bool:
+    """A phase's first or last evaluation: where every grid, G per layer included, is drawn."""
+    return evaluation.step == 0 or evaluation.final
+
+
 def _is_g_grid(key: str) -> bool:
     parts = metrics.invariance_parts(key)
     return parts is not None and parts[0] == "G_grid"
@@ -55,7 +61,8 @@ class RunLog:
     """One trial attempt's logging into its run.
 
     resumed: the checkpoint's `checkpoint_meta()` (None for a fresh start); delivered: how many
-    records the server holds (`Tracker.delivered`), read when the attempt starts.
+    records the server holds (`Tracker.delivered`), read when the attempt starts; heatmaps:
+    which evaluations render maps (`run.heatmaps`).
     """
 
     def __init__(
@@ -65,9 +72,10 @@ class RunLog:
         queue: TrackingQueue,
         resumed: Mapping[str, Any] | None = None,
         delivered: int = 0,
+        heatmaps: str = "every",
     ):
         self.tracker, self.run_id, self.queue = tracker, run_id, queue
-        self.delivered = delivered
+        self.delivered, self.heatmaps = delivered, heatmaps
         self.emitted = int((resumed or {}).get("emitted", 0))
         self.busy_s = 0.0
         """Seconds the tracking thread spent in this attempt's calls."""
@@ -101,7 +109,8 @@ class RunLog:
             "progress": f"{evaluation.phase} {evaluation.step}",
         }
         self._send(entry)
-        self._submit(self._log_images, evaluation, grid)
+        if self.heatmaps == "every" or (self.heatmaps == "ends" and _at_phase_end(evaluation)):
+            self._submit(self._log_images, evaluation, grid)
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> int:
         def timed() -> None:
@@ -133,7 +142,7 @@ class RunLog:
         in the title) at `heatmap_path`: one folder per key in the run's Artifacts, in step
         order. Not `log_image` with a step: MLflow 3.17's image cards head each run with all
         of its ~60 params, which push the image out of view even in full screen."""
-        every_layer = evaluation.step == 0 or evaluation.final
+        every_layer = _at_phase_end(evaluation)
         chance = evaluation.metrics.get(metrics.CHANCE)
         for key, values in evaluation.grids.items():
             if _is_g_grid(key) and not every_layer:
