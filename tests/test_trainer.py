@@ -75,6 +75,18 @@ def test_resume_equals_an_uninterrupted_run(stop_at, tmp_path):
     assert all(same(full.metrics[k], resumed.metrics[k]) for k in full.metrics)
 
 
+def test_a_checkpoint_resumes_under_other_run_keys_but_not_other_training_keys():
+    # run.* says where and how fast a trial runs and what it draws; a study checkpointed before
+    # a run.* key existed (its checkpoint lacks the key) must still resume.
+    config = tiny()
+    _, checkpoint, _ = collect(config, stop_at=("finetune", 10))
+    del checkpoint["config"]["run.heatmaps"]
+    rest, _, resumed = collect(tiny(**{"run.heatmaps": "none", "run.threads": 2}), checkpoint)
+    assert rest[0].phase == "finetune" and resumed is not None
+    with pytest.raises(ValueError, match=r"another config \(differs in \['finetune.lr', 'seed'\]"):
+        collect(tiny(**{"seed": 1, "finetune.lr": 0.01}), checkpoint)
+
+
 def test_a_tiny_trial_learns_above_chance_and_reports_every_metric():
     result = run_trial(tiny(**{"pretrain.dataset": "none", "finetune.steps": 120}))
     m = result.metrics

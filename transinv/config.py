@@ -361,11 +361,18 @@ KEYS: dict[str, KeySpec] = {k: f.metadata["key"] for k, (_, f) in _LEAVES.items(
 """Every flat key with its declaration (doc, bounds, choices), in declaration order."""
 
 
+def shapes_training(key_: str) -> bool:
+    """Whether a flat key can change what a trial computes: every key but `run.*` (where and how
+    fast it runs, what it draws). A checkpoint resumes under a config that differs in `run.*`
+    only, so a study made before a `run.*` key existed, or moved to another device, resumes."""
+    return not key_.startswith("run.")
+
+
 def shapes_pretraining(key_: str) -> bool:
     """Whether a flat key can change a trial's pretraining: every key but finetuning's and `run.*`
     (where and how fast a trial runs). The pretraining cache keys on these; a grid varies them
     first."""
-    return not key_.startswith(("finetune.", "run."))
+    return shapes_training(key_) and not key_.startswith("finetune.")
 
 
 def to_flat(config: TrialConfig) -> dict[str, Any]:

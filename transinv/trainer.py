@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from transinv import metrics
-from transinv.config import TrialConfig, to_flat, validate
+from transinv.config import TrialConfig, shapes_training, to_flat, validate
 from transinv.device import configure_threads, select_device
 from transinv.evaluation import Evaluation, TrialResult, curve_points
 from transinv.grid import TestGrid, build_grid
@@ -187,9 +187,11 @@ def restore_state(setup: Setup, checkpoint: dict[str, Any]) -> TrainState:
         raise ValueError(
             f"checkpoint version {checkpoint.get('version')} is not {CHECKPOINT_VERSION}"
         )
-    flat = to_flat(setup.config)
-    if checkpoint["config"] != flat:
-        changed = sorted(k for k, v in flat.items() if checkpoint["config"].get(k) != v)
+    made, flat = checkpoint["config"], to_flat(setup.config)
+    changed = sorted(
+        k for k in flat.keys() | made.keys() if shapes_training(k) and made.get(k) != flat.get(k)
+    )
+    if changed:
         raise ValueError(f"checkpoint was made with another config (differs in {changed})")
     state = initial_state(setup)
     # Rebuild each later phase's structure (head, freezing) up to the checkpoint's phase before
