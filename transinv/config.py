@@ -364,7 +364,7 @@ KEYS: dict[str, KeySpec] = {k: f.metadata["key"] for k, (_, f) in _LEAVES.items(
 def shapes_training(key_: str) -> bool:
     """Whether a flat key can change what a trial computes: every key but `run.*` (where and how
     fast it runs, what it draws). A checkpoint resumes under a config that differs in `run.*`
-    only, so a study made before a `run.*` key existed, or moved to another device, resumes."""
+    only, so a study checkpointed before a `run.*` key existed resumes."""
     return not key_.startswith("run.")
 
 
