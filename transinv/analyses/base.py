@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 import transinv.analyses.expectations as ex
 from transinv import choices, metrics, plots, stats
-from transinv.config import KEY_TYPES, format_value, from_flat
+from transinv.config import KEY_TYPES, format_value, from_flat, shapes_training
 from transinv.pretrain_cache import regime_aliases
 from transinv.results import curves, final_grids, summarize, varying_keys, with_config
 
@@ -278,7 +278,7 @@ def trial_key(row: pd.Series) -> str:
         for k in KEY_TYPES
         if k in row.index
         and _present(row[k])
-        and not k.startswith("run.")
+        and shapes_training(k)
         and not (vanilla and k.startswith("pretrain.") and k != "pretrain.dataset")
     }
     if not vanilla:
