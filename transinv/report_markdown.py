@@ -190,7 +190,8 @@ def render_study(report: StudyReport, prefix: str) -> str:
         f"Study file `search_spaces/{info.get('space_file', '?')}`, sampler "
         f"{info.get('sampler', '?')}; trials: {counts or 'none'}; seeds {seeds}; "
         f"conditions vary {', '.join(f'`{c}`' for c in report.data.conditions) or 'nothing'}. "
-        f"Wall time {_duration(report.wall_s)} (trials {_duration(report.trial_s)} in all). "
+        f"Wall time {_duration(report.wall_s)} with a trial running (trials "
+        f"{_duration(report.trial_s)} in all). "
         f"Parent run `{info['run_id']}`.",
         "",
     ]
