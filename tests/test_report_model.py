@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from transinv.report_model import running_seconds
+from transinv.study_cost import most_at_once, running_seconds
 
 
 def at(*minutes: float) -> pd.Series:
@@ -22,3 +22,9 @@ def test_a_study_resumed_a_day_later_counts_its_running_time_not_the_day_between
 def test_nested_and_unsorted_intervals_count_once():
     assert running_seconds(at(5, 0, 1), at(6, 10, 2)) == 10 * 60
     assert running_seconds(at(), at()) == 0
+
+
+def test_touching_intervals_join_but_never_overlap():
+    assert running_seconds(at(0, 5), at(5, 10)) == 10 * 60
+    assert most_at_once(at(0, 5), at(5, 10)) == 1
+    assert most_at_once(at(0, 2, 9), at(8, 10, 12)) == 2

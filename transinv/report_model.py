@@ -26,6 +26,7 @@ from transinv.analyses.expectations import (
 )
 from transinv.config import ConfigError
 from transinv.results import load_runs, study_info
+from transinv.study_cost import running_seconds
 
 HEATMAP_PREFIX = "heatmap_"
 
@@ -57,7 +58,8 @@ class StudyReport:
     counts: dict[str, int]
     """Trial runs by status."""
     wall_s: float
-    """Time with at least one trial running (`running_seconds`; NaN without finished trials)."""
+    """Time with at least one finished trial running (`study_cost.running_seconds`; NaN
+    without finished trials)."""
     trial_s: float
     """Sum of the trials' own durations."""
 
@@ -78,21 +80,6 @@ def load_study(study: str, uri: str) -> tuple[StudyData, dict[str, int], float, 
     else:
         wall = trial = math.nan
     return StudyData(study, finished, info), counts, float(wall), float(trial)
-
-
-def running_seconds(starts: pd.Series, ends: pd.Series) -> float:
-    """Seconds in which at least one of the intervals [start, end] is open: the union's length.
-    A study's wall time, where first start to last end would also count the day between a
-    killed run and its resume."""
-    total, open_until = 0.0, None
-    for start, end in sorted(zip(starts, ends, strict=True)):
-        if open_until is None or start > open_until:
-            total += (end - start).total_seconds()
-            open_until = end
-        elif end > open_until:
-            total += (end - open_until).total_seconds()
-            open_until = end
-    return total
 
 
 def analyses_of(info: pd.Series, override: Sequence[str] | None = None) -> list[str]:

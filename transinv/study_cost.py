@@ -17,6 +17,8 @@ the Ray overhead). Reading runs lives in `results.py`.
 
 from __future__ import annotations
 
+import itertools
+
 import pandas as pd
 
 from transinv import metrics
@@ -33,14 +35,30 @@ PARTS = {
 }
 
 
+def _running(starts: pd.Series, ends: pd.Series) -> list[tuple[pd.Timestamp, int]]:
+    """Each start or end of the [start, end) intervals, in time order, with how many are open
+    just after it; ends sort before starts at the same time."""
+    events = sorted([(t, 1) for t in starts] + [(t, -1) for t in ends])
+    counts, running = [], 0
+    for t, change in events:
+        running += change
+        counts.append((t, running))
+    return counts
+
+
 def most_at_once(starts: pd.Series, ends: pd.Series) -> int:
     """The largest number of [start, end) intervals that overlap."""
-    events = sorted([(t, 1) for t in starts] + [(t, -1) for t in ends])
-    running = peak = 0
-    for _, change in events:  # ends sort before starts at the same time
-        running += change
-        peak = max(peak, running)
-    return peak
+    return max((n for _, n in _running(starts, ends)), default=0)
+
+
+def running_seconds(starts: pd.Series, ends: pd.Series) -> float:
+    """Seconds in which at least one of the intervals is open: the union's length. A study's
+    wall time, where first start to last end would also count the day between a killed run and
+    its resume."""
+    counts = _running(starts, ends)
+    return sum(
+        (t1 - t0).total_seconds() for (t0, n), (t1, _) in itertools.pairwise(counts) if n > 0
+    )
 
 
 def study_cost(study: str, uri: str | None = None) -> pd.DataFrame:
